@@ -1,0 +1,26 @@
+"""pytest-parexec: run a test session's expensive setup in parallel.
+
+Mark session setup fixtures with :func:`batchable`; ``pytest -p parexec`` plans
+the operations the selected tests need and runs them on worker processes.
+"""
+
+from __future__ import annotations
+
+from .executor import Status
+from .operations import GROUPS, OperationFailed, ParexecError, batchable, infer_group
+from .planner import PlanError
+from .remote import EncodeError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GROUPS",
+    "EncodeError",
+    "OperationFailed",
+    "ParexecError",
+    "PlanError",
+    "Status",
+    "__version__",
+    "batchable",
+    "infer_group",
+]

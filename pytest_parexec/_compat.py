@@ -1,0 +1,25 @@
+"""The few places where pytest-parexec needs pytest internals, isolated here.
+
+pytest has no public API for either: which fixture definitions an item resolves
+(used by many plugins, e.g. pytest-django, through the same attribute), and the
+session's TempPathFactory outside of a fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+
+def fixture_definitions(item: pytest.Item) -> dict[str, Sequence[Any]]:
+    """``name -> FixtureDef`` chain (last one wins) for ``item``, or {} for non-Python items."""
+    info = getattr(item, "_fixtureinfo", None)
+    return dict(getattr(info, "name2fixturedefs", {}) or {})
+
+
+def tmp_path_factory(config: pytest.Config) -> pytest.TempPathFactory:
+    """The session's TempPathFactory, the one the ``tmp_path_factory`` fixture returns."""
+    factory: pytest.TempPathFactory = config._tmp_path_factory  # type: ignore[attr-defined]
+    return factory

@@ -1,0 +1,782 @@
+"""The worker pool over execnet: start, dispatch, retry, timeout, replace, shut down.
+
+One scheduler thread owns every worker and every operation's state; the pytest
+process talks to it only through a queue of commands, and channels feed it a
+queue of events. So a plan can run in the background while a fixture waits for
+one result (:meth:`PlanRun.wait`), and one place decides what happens when a
+worker dies (:meth:`Executor._on_worker_lost`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, final
+
+import execnet
+
+from . import remote
+from .planner import Plan
+
+__all__ = [
+    "Attempt",
+    "Executor",
+    "InProcessRunner",
+    "OperationResult",
+    "PlanRun",
+    "Status",
+    "Task",
+    "WorkerInit",
+]
+
+#: How long a worker may take to start and answer its first message.
+START_TIMEOUT_S: Final = 60.0
+#: How long shutdown waits for workers to stop by themselves before killing them.
+STOP_GRACE_S: Final = 2.0
+
+
+class Status(str, enum.Enum):
+    PASSED = "passed"
+    FAILED = "failed"
+    RECOVERED = "recovered"
+    SKIPPED = "skipped"
+    UP_TO_DATE = "up-to-date"
+
+    @property
+    def ok(self) -> bool:
+        return self in (Status.PASSED, Status.RECOVERED, Status.UP_TO_DATE)
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class WorkerInit:
+    """How to prepare a worker process: directory, import path, environment."""
+
+    cwd: str
+    sys_path: tuple[str, ...]
+    env: Mapping[str, str]
+    #: A directory under pytest's base temp where workers keep captured output.
+    scratch: str
+    #: Modules to import while the worker waits for work (overlaps collection).
+    preload: tuple[str, ...] = ()
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One operation as the executor sees it: where its function lives and how to call it."""
+
+    name: str
+    module: str
+    file: str
+    attribute: str
+    params: tuple[str, ...]
+    tmp_path: str | None
+    retries: int
+    timeout: float | None
+    function: Callable[..., Any] | None = None
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One run of an operation on one worker."""
+
+    number: int
+    worker: str
+    pid: int | None
+    host: str | None
+    start_s: float
+    end_s: float
+    duration_s: float
+    ok: bool
+    error: str | None
+    output: str
+
+
+@dataclasses.dataclass
+class OperationResult:
+    """What became of an operation: its status, its attempts and, if it passed, its value."""
+
+    name: str
+    status: Status
+    attempts: list[Attempt] = dataclasses.field(default_factory=list)
+    #: The encoded value (see remote.encode); decode with remote.decode.
+    value: object = None
+    #: The traceback or reason of the failure, for failed and skipped operations.
+    error: str | None = None
+    message: str | None = None
+    #: For a skipped operation: the failed dependency at the root of it.
+    blocked_by: str | None = None
+    teardown_error: str | None = None
+    teardown_output: str = ""
+
+    @property
+    def last(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+class _Event(enum.Enum):
+    READY = "ready"
+    START_FAILED = "start-failed"
+    MESSAGE = "message"
+    LOST = "lost"
+    SUBMIT = "submit"
+    TEARDOWN = "teardown"
+    CLOSE = "close"
+
+
+_LOST: Final = object()
+
+
+@dataclasses.dataclass(eq=False)
+class _Worker:
+    id: str
+    spec: str
+    gateway: Any
+    channel: Any
+    pid: int
+    host: str
+    local: bool
+    running: str | None = None
+    attempt_start: float = 0.0
+    deadline: float | None = None
+    #: Generator operations whose teardown state lives in this worker.
+    holds: set[str] = dataclasses.field(default_factory=set)
+    tearing_down: str | None = None
+    alive: bool = True
+
+
+@final
+class PlanRun:
+    """The results of a plan as they arrive; safe to wait on from any thread."""
+
+    def __init__(self, plan: Plan, workers: int) -> None:
+        self.plan = plan
+        self.workers = workers
+        self.results: dict[str, OperationResult] = {}
+        self.started_at = time.perf_counter()
+        self.finished_at: float | None = None
+        self._cond = threading.Condition()
+
+    def _set(self, result: OperationResult) -> None:
+        with self._cond:
+            self.results[result.name] = result
+            if len(self.results) == len(self.plan):
+                self.finished_at = time.perf_counter()
+            self._cond.notify_all()
+
+    def wait(self, name: str) -> OperationResult:
+        """Block until ``name`` has a final result."""
+        with self._cond:
+            while name not in self.results:
+                self._cond.wait()
+            return self.results[name]
+
+    def wait_all(self) -> None:
+        with self._cond:
+            while len(self.results) < len(self.plan):
+                self._cond.wait()
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) == len(self.plan)
+
+
+def _is_local(spec: str) -> bool:
+    return "popen" in spec.split("//")[0]
+
+
+@final
+class Executor:
+    """Starts workers, runs one plan on them, tears down, and stops them."""
+
+    def __init__(
+        self,
+        init: WorkerInit,
+        max_workers: int,
+        specs: Sequence[str] = (),
+        on_attempt: Callable[[str, Attempt], None] | None = None,
+    ) -> None:
+        self.init = init
+        self.max_workers = max_workers
+        #: Explicit execnet specs, one worker each; empty means local popen workers.
+        self.specs = list(specs)
+        self.on_attempt = on_attempt
+        self.group = execnet.Group()
+        self.events: queue.Queue[tuple[_Event, Any]] = queue.Queue()
+        self.workers: dict[str, _Worker] = {}
+        self.idle: list[_Worker] = []
+        self.starting = 0
+        self.started_total = 0
+        self.start_errors: list[str] = []
+        self.run: PlanRun | None = None
+        self._spawn_queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._spawn_thread = threading.Thread(target=self._spawner, name="parexec-spawner", daemon=True)
+        self._spawn_thread.start()
+        self._thread = threading.Thread(target=self._loop, name="parexec-scheduler", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    # -- the pytest side -----------------------------------------------------
+
+    def warm(self, count: int) -> None:
+        """Start up to ``count`` workers now, so they are ready when the plan is."""
+        self.events.put((_Event.SUBMIT, ("warm", count)))
+
+    def submit(self, plan: Plan, tasks: Mapping[str, Task], workers: int) -> PlanRun:
+        """Run ``plan`` on up to ``workers`` workers in the background; return its results as they come."""
+        run = PlanRun(plan, workers)
+        self.events.put((_Event.SUBMIT, ("plan", run, dict(tasks))))
+        return run
+
+    def teardown(self, names: Iterable[str]) -> None:
+        """Tear down ``names`` and everything that depends on them; block until done."""
+        done = threading.Event()
+        self.events.put((_Event.TEARDOWN, (list(names), done)))
+        done.wait()
+
+    def close(self) -> None:
+        """Stop every worker and the processes they started; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.events.put((_Event.CLOSE, None))
+        self._thread.join()
+
+    # -- the scheduler thread ------------------------------------------------
+
+    def _loop(self) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.pending_teardowns: list[tuple[list[str], threading.Event]] = []
+        self.retry_queue: list[str] = []
+        self.attempt_counts: dict[str, int] = {}
+        self.failures: dict[str, list[Attempt]] = {}
+        self.started_ops: set[str] = set()
+        #: The id of the worker being started for the next retry.
+        self.fresh: str | None = None
+        try:
+            while True:
+                timeout = self._next_timeout()
+                try:
+                    kind, payload = self.events.get(timeout=timeout)
+                except queue.Empty:
+                    self._expire_deadlines()
+                    self._step()
+                    continue
+                if kind is _Event.CLOSE:
+                    break
+                self._handle(kind, payload)
+                self._expire_deadlines()
+                self._step()
+        finally:
+            self._shutdown()
+
+    def _handle(self, kind: _Event, payload: Any) -> None:
+        match kind:
+            case _Event.READY:
+                self._on_ready(payload)
+            case _Event.START_FAILED:
+                self._on_start_failed(payload)
+            case _Event.MESSAGE:
+                worker, msg = payload
+                self._on_message(worker, msg)
+            case _Event.LOST:
+                self._on_worker_lost(payload, None)
+            case _Event.SUBMIT:
+                self._on_submit(payload)
+            case _Event.TEARDOWN:
+                self.pending_teardowns.append(payload)
+            case _Event.CLOSE:  # pragma: no cover - handled by the loop
+                pass
+
+    def _on_submit(self, payload: tuple[Any, ...]) -> None:
+        if payload[0] == "warm":
+            self._grow(min(payload[1], self.max_workers))
+            return
+        _, run, tasks = payload
+        self.run = run
+        self.tasks = tasks
+        self.max_workers = run.workers
+        # Workers warmed up beyond what this plan can use are stopped unused.
+        for worker in self.idle[run.workers :]:
+            self._kill(worker)
+        run.started_at = time.perf_counter()
+
+    # -- workers ---------------------------------------------------------------
+
+    def _live(self) -> list[_Worker]:
+        return [w for w in self.workers.values() if w.alive]
+
+    def _grow(self, target: int) -> None:
+        """Start workers until ``target`` are running or starting."""
+        while len(self._live()) + self.starting < target:
+            if self.specs and self.started_total >= len(self.specs):
+                return
+            self._start(self.specs[self.started_total] if self.specs else "popen")
+
+    def _start(self, spec: str) -> str:
+        worker_id = f"gw{self.started_total}"
+        self.started_total += 1
+        self.starting += 1
+        self._spawn_queue.put((worker_id, spec))
+        return worker_id
+
+    def _spawner(self) -> None:
+        """Forks every worker, from this one long-lived thread.
+
+        Linux's parent-death signal (see remote._die_with_parent) fires when the
+        *thread* that forked a worker exits, so that thread must live as long as
+        the workers. Handshakes, which wait for the worker's imports, run in
+        parallel in short-lived threads.
+        """
+        while True:
+            item = self._spawn_queue.get()
+            if item is None:
+                return
+            worker_id, spec = item
+            try:
+                gateway = self.group.makegateway(f"{spec}//id={worker_id}")
+            except BaseException as exc:  # noqa: BLE001 - reported through the queue
+                self.events.put((_Event.START_FAILED, (worker_id, spec, f"{type(exc).__name__}: {exc}")))
+                continue
+            threading.Thread(
+                target=self._handshake,
+                args=(worker_id, spec, gateway),
+                name=f"parexec-start-{worker_id}",
+                daemon=True,
+            ).start()
+
+    def _handshake(self, worker_id: str, spec: str, gateway: Any) -> None:
+        local = _is_local(spec)
+        try:
+            channel = gateway.remote_exec(remote)
+            init = {
+                "cwd": self.init.cwd if local else None,
+                "sys_path": list(self.init.sys_path) if local else [],
+                "env": dict(self.init.env) if local else {},
+                "capture_dir": os.path.join(self.init.scratch, worker_id)
+                if local
+                else ".parexec-" + worker_id,
+                "own_process_group": local,
+                "preload": list(self.init.preload),
+            }
+            channel.send(init)
+            ready = channel.receive(timeout=START_TIMEOUT_S)
+        except BaseException as exc:  # noqa: BLE001 - reported through the queue
+            self.events.put((_Event.START_FAILED, (worker_id, spec, f"{type(exc).__name__}: {exc}")))
+            return
+        worker = _Worker(
+            id=worker_id,
+            spec=spec,
+            gateway=gateway,
+            channel=channel,
+            pid=int(ready["pid"]),
+            host=str(ready["host"]),
+            local=local,
+        )
+        channel.setcallback(lambda msg: self.events.put((_Event.MESSAGE, (worker, msg))), endmarker=_LOST)
+        self.events.put((_Event.READY, worker))
+
+    def _on_ready(self, worker: _Worker) -> None:
+        self.starting -= 1
+        self.workers[worker.id] = worker
+        self.idle.append(worker)
+
+    def _on_start_failed(self, payload: tuple[str, str, str]) -> None:
+        worker_id, spec, error = payload
+        self.starting -= 1
+        self.start_errors.append(f"worker {worker_id} ({spec}) could not start: {error}")
+
+    def _kill(self, worker: _Worker) -> None:
+        """Kill a worker and, for local workers, every process in its process group."""
+        worker.alive = False
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if worker.local:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.pid, signal.SIGKILL)
+        try:
+            worker.gateway.exit()
+        except Exception:  # noqa: BLE001 - the gateway may be gone already
+            pass
+
+    def _exit_status(self, worker: _Worker) -> str:
+        popen = getattr(getattr(worker.gateway, "_io", None), "popen", None)
+        if popen is None:
+            return "unknown exit status"
+        try:
+            code = popen.wait(timeout=5)
+        except Exception:  # noqa: BLE001
+            return "unknown exit status"
+        if code < 0:
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
+
+    def _on_worker_lost(self, worker: _Worker, reason: str | None) -> None:
+        """The one place that decides what a dead worker means."""
+        was_alive = worker.alive
+        self._kill(worker)
+        if not was_alive and reason is None:
+            return
+        if worker.running is not None:
+            name = worker.running
+            if reason is None:
+                reason = (
+                    f"the worker process {worker.id} (pid {worker.pid}) died while running "
+                    f"operation {name!r}: {self._exit_status(worker)}"
+                )
+            self._finish_attempt(worker, {"ok": False, "error": reason, "message": reason, "output": ""})
+        if worker.tearing_down is not None:
+            self._teardown_done(
+                worker, worker.tearing_down, f"the worker process {worker.id} died during teardown"
+            )
+        for name in worker.holds:
+            result = self.run.results.get(name) if self.run else None
+            if result is not None and result.teardown_error is None:
+                result.teardown_error = (
+                    f"teardown of {name!r} did not run: its worker process {worker.id} "
+                    f"(pid {worker.pid}) is gone"
+                )
+        worker.holds.clear()
+
+    # -- operations ------------------------------------------------------------
+
+    def _next_timeout(self) -> float | None:
+        deadlines = [w.deadline for w in self._live() if w.deadline is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.perf_counter())
+
+    def _expire_deadlines(self) -> None:
+        now = time.perf_counter()
+        for worker in self._live():
+            if worker.deadline is not None and now >= worker.deadline and worker.running:
+                task = self.tasks[worker.running]
+                self._on_worker_lost(
+                    worker,
+                    f"operation {task.name!r} timed out after {task.timeout:g} seconds; its worker "
+                    f"process {worker.id} (pid {worker.pid}) and that process's children were killed",
+                )
+
+    def _step(self) -> None:
+        """Dispatch what can run, start workers that are wanted, run teardowns."""
+        run = self.run
+        if run is not None and not run.done:
+            self._dispatch(run)
+        self._advance_teardowns()
+
+    def _running(self) -> list[_Worker]:
+        return [w for w in self._live() if w.running is not None]
+
+    def _dispatch(self, run: PlanRun) -> None:
+        if self.retry_queue:
+            self._dispatch_retry(run)
+            return
+        ready = run.plan.ready(run.results, self.started_ops)
+        while ready and self.idle:
+            self._send_run(self.idle.pop(0), ready.pop(0))
+        if ready:
+            self._grow(min(self.max_workers, len(self._running()) + len(ready)))
+        if ready and not self._live() and self.starting == 0:
+            self._fail_unrunnable(run)
+
+    def _dispatch_retry(self, run: PlanRun) -> None:
+        """A retry runs alone, on a fresh worker, once everything else has finished."""
+        if self._running():
+            return
+        if self.fresh is None:
+            self.fresh = self._start(self._retry_spec())
+            return
+        worker = next((w for w in self.idle if w.id == self.fresh), None)
+        if worker is None:
+            if self.fresh not in self.workers and self.starting == 0:
+                # The fresh worker could not start: the retry fails with that reason.
+                self.fresh = None
+                name = self.retry_queue.pop(0)
+                reason = "; ".join(self.start_errors[-1:]) or "a fresh worker could not start"
+                self._record_failure(run, name, reason, reason)
+            return
+        self.fresh = None
+        self.idle.remove(worker)
+        self._send_run(worker, self.retry_queue.pop(0))
+
+    def _retry_spec(self) -> str:
+        if not self.specs:
+            return "popen"
+        live = self._live()
+        return live[0].spec if live else self.specs[0]
+
+    def _fail_unrunnable(self, run: PlanRun) -> None:
+        reason = "no worker could be started: " + "; ".join(self.start_errors or ["unknown error"])
+        for name in run.plan.order:
+            if name not in run.results:
+                self.started_ops.add(name)
+                run._set(OperationResult(name=name, status=Status.FAILED, error=reason, message=reason))
+
+    def _send_run(self, worker: _Worker, name: str) -> None:
+        assert self.run is not None
+        task = self.tasks[name]
+        results = self.run.results
+        args = {param: results[param].value for param in task.params}
+        self.started_ops.add(name)
+        self.attempt_counts[name] = self.attempt_counts.get(name, 0) + 1
+        worker.running = name
+        worker.attempt_start = time.perf_counter()
+        worker.deadline = worker.attempt_start + task.timeout if task.timeout else None
+        worker.channel.send(
+            {
+                "kind": "run",
+                "id": f"{name}#{self.attempt_counts[name]}",
+                "name": name,
+                "module": task.module,
+                "file": task.file,
+                "attribute": task.attribute,
+                "args": args,
+                "tmp_path": task.tmp_path,
+            }
+        )
+
+    def _on_message(self, worker: _Worker, msg: Any) -> None:
+        if msg is _LOST:
+            self._on_worker_lost(worker, None)
+            return
+        if msg["kind"] == "result":
+            self._finish_attempt(worker, msg)
+            if worker.alive:
+                self.idle.append(worker)
+        elif msg["kind"] == "teardown":
+            self._teardown_done(
+                worker, msg["name"], None if msg["ok"] else msg["error"], msg.get("output", "")
+            )
+
+    def _finish_attempt(self, worker: _Worker, msg: Mapping[str, Any]) -> None:
+        assert self.run is not None
+        assert worker.running is not None
+        run = self.run
+        name = worker.running
+        task = self.tasks[name]
+        now = time.perf_counter()
+        attempt = Attempt(
+            number=self.attempt_counts[name],
+            worker=worker.id,
+            pid=worker.pid,
+            host=worker.host,
+            start_s=worker.attempt_start - run.started_at,
+            end_s=now - run.started_at,
+            duration_s=float(msg.get("duration", now - worker.attempt_start)),
+            ok=bool(msg["ok"]),
+            error=None if msg["ok"] else str(msg["error"]),
+            output=str(msg.get("output", "")),
+        )
+        worker.running = None
+        worker.deadline = None
+        if self.on_attempt is not None:
+            self.on_attempt(name, attempt)
+        attempts = self.failures.setdefault(name, [])
+        attempts.append(attempt)
+        if attempt.ok:
+            if msg.get("holds"):
+                worker.holds.add(name)
+            status = Status.PASSED if attempt.number == 1 else Status.RECOVERED
+            run._set(OperationResult(name=name, status=status, attempts=attempts, value=msg["value"]))
+            return
+        if attempt.number <= task.retries:
+            self.retry_queue.append(name)
+            return
+        self._record_failure(run, name, str(attempt.error), str(msg.get("message") or attempt.error))
+
+    def _record_failure(self, run: PlanRun, name: str, error: str, message: str) -> None:
+        """Fail ``name`` for good and skip everything that depends on it."""
+        attempts = self.failures.get(name, [])
+        run._set(
+            OperationResult(name=name, status=Status.FAILED, attempts=attempts, error=error, message=message)
+        )
+        for child in run.plan.descendants(name):
+            if child not in run.results:
+                self.started_ops.add(child)
+                run._set(
+                    OperationResult(
+                        name=child,
+                        status=Status.SKIPPED,
+                        blocked_by=name,
+                        message=f"not run: its dependency {name!r} failed",
+                    )
+                )
+
+    # -- teardown ----------------------------------------------------------------
+
+    def _advance_teardowns(self) -> None:
+        run = self.run
+        if run is None:
+            for _, event in self.pending_teardowns:
+                event.set()
+            self.pending_teardowns.clear()
+            return
+        for names, event in list(self.pending_teardowns):
+            wanted = set(names)
+            for name in names:
+                wanted.update(run.plan.descendants(name))
+            held = {n: w for w in self._live() for n in w.holds}
+            remaining = [n for n in wanted if n in held]
+            if not remaining and not any(w.tearing_down in wanted for w in self._live()):
+                event.set()
+                self.pending_teardowns.remove((names, event))
+                continue
+            for name in remaining:
+                worker = held[name]
+                if worker.tearing_down is not None or worker.running is not None:
+                    continue
+                blocked = any(
+                    child in held or any(w.tearing_down == child for w in self._live())
+                    for child in run.plan.descendants(name)
+                )
+                if not blocked:
+                    worker.tearing_down = name
+                    worker.channel.send({"kind": "teardown", "name": name})
+
+    def _teardown_done(self, worker: _Worker, name: str, error: str | None, output: str = "") -> None:
+        worker.tearing_down = None
+        worker.holds.discard(name)
+        if self.run is not None and name in self.run.results:
+            result = self.run.results[name]
+            result.teardown_error = error
+            result.teardown_output = output
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        for _, event in self.pending_teardowns:
+            event.set()
+        for worker in self._live():
+            try:
+                worker.channel.send({"kind": "stop"})
+            except Exception:  # noqa: BLE001 - the channel may be closed already
+                pass
+        # Wait for workers still starting, then stop everything; kill what does not stop.
+        deadline = time.perf_counter() + START_TIMEOUT_S
+        while self.starting > 0 and time.perf_counter() < deadline:
+            try:
+                kind, payload = self.events.get(timeout=deadline - time.perf_counter())
+            except queue.Empty:
+                break
+            if kind is _Event.READY:
+                self._on_ready(payload)
+                payload.channel.send({"kind": "stop"})
+            elif kind is _Event.START_FAILED:
+                self._on_start_failed(payload)
+        self._spawn_queue.put(None)
+        local = [w for w in self.workers.values() if w.local]
+        try:
+            self.group.terminate(timeout=STOP_GRACE_S)
+        except Exception:  # noqa: BLE001
+            pass
+        for worker in local:
+            # Processes an operation started stay in the worker's process group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.alive = False
+
+
+@final
+class InProcessRunner:
+    """Runs a plan one operation at a time in the pytest process (``--parexec=sequential``).
+
+    Same interface as :class:`Executor`, so the plugin does not care which it has;
+    nothing runs in the background, so ``--pdb`` and breakpoints work.
+    """
+
+    def __init__(self, call: Callable[[Task, dict[str, object]], tuple[object, object]]) -> None:
+        #: ``call(task, kwargs)`` returns (value, teardown state) or raises.
+        self.call = call
+        self.states: dict[str, Any] = {}
+        self.run: PlanRun | None = None
+
+    def submit(self, plan: Plan, tasks: Mapping[str, Task]) -> PlanRun:
+        run = self.run = PlanRun(plan, workers=0)
+        for name in plan.order:
+            task = tasks[name]
+            blocked = next((d for d in plan.nodes[name].depends if not run.results[d].status.ok), None)
+            if blocked is not None:
+                root = run.results[blocked].blocked_by or blocked
+                run._set(
+                    OperationResult(
+                        name=name,
+                        status=Status.SKIPPED,
+                        blocked_by=root,
+                        message=f"not run: its dependency {root!r} failed",
+                    )
+                )
+                continue
+            run._set(self._run_one(run, task))
+        return run
+
+    def _run_one(self, run: PlanRun, task: Task) -> OperationResult:
+        attempts: list[Attempt] = []
+        kwargs = {p: remote.decode(run.results[p].value) for p in task.params}
+        while True:
+            start = time.perf_counter()
+            error: str | None = None
+            message: str | None = None
+            encoded: object = None
+            state: Any = None
+            try:
+                value, state = self.call(task, kwargs)
+                encoded = remote.encode(value, task.name)
+            except Exception as exc:  # noqa: BLE001 - reported like a worker's failure
+                error, message = remote.format_error(exc), remote.one_line(exc)
+                if state is not None:
+                    # The value is unusable: release what the generator holds now.
+                    try:
+                        remote.finish_call(state)
+                    except Exception:  # noqa: BLE001 - the first error is the one to show
+                        pass
+                    state = None
+            end = time.perf_counter()
+            attempts.append(
+                Attempt(
+                    number=len(attempts) + 1,
+                    worker="main",
+                    pid=os.getpid(),
+                    host=None,
+                    start_s=start - run.started_at,
+                    end_s=end - run.started_at,
+                    duration_s=end - start,
+                    ok=error is None,
+                    error=error,
+                    output="",
+                )
+            )
+            if error is None:
+                if state is not None:
+                    self.states[task.name] = state
+                status = Status.PASSED if len(attempts) == 1 else Status.RECOVERED
+                return OperationResult(task.name, status, attempts, value=encoded)
+            if len(attempts) > task.retries:
+                return OperationResult(task.name, Status.FAILED, attempts, error=error, message=message)
+
+    def teardown(self, names: Iterable[str]) -> None:
+        if self.run is None:
+            return
+        wanted = set(names)
+        for name in list(wanted):
+            wanted.update(self.run.plan.descendants(name))
+        for name in self.run.plan.teardown_order():
+            if name in wanted and name in self.states:
+                try:
+                    remote.finish_call(self.states.pop(name))
+                except Exception as exc:  # noqa: BLE001 - reported at session end
+                    self.run.results[name].teardown_error = remote.format_error(exc)
+
+    def close(self) -> None:
+        """Nothing to stop: everything ran in this process."""

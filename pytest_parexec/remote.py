@@ -1,0 +1,315 @@
+"""Code that runs inside a worker process, and the value codec both sides share.
+
+This module is sent to workers with ``gateway.remote_exec(module)``, so it must
+stay self-contained: standard library only, no imports from pytest_parexec, and
+only built-in types cross the channel. The pytest process imports it too, for
+:func:`encode`, :func:`decode`, :func:`start_call` and :func:`finish_call`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import pathlib
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Generator
+from typing import Any
+
+#: Key of the one-entry dict that tags values execnet cannot carry as they are.
+TAG = "__parexec_tag__"
+
+PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, bytearray)
+ALLOWED = (
+    "None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset "
+    "and pathlib paths, nested freely"
+)
+
+
+class EncodeError(TypeError):
+    """A value that cannot cross a process boundary."""
+
+
+def encode(value: Any, name: str, where: str = "the value") -> Any:
+    """Turn ``value`` into built-in types that execnet can send; tag paths.
+
+    Raises EncodeError naming the operation ``name`` and the offending part.
+    """
+    kind = type(value)
+    if kind in PLAIN_TYPES:
+        return value
+    if isinstance(value, pathlib.PurePath):
+        return {TAG: ("path", kind.__name__, str(value))}
+    if kind is list or kind is tuple:
+        items = [encode(v, name, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if kind is list else tuple(items)
+    if kind is dict:
+        pairs = [
+            (encode(k, name, f"a key of {where}"), encode(v, name, f"{where}[{k!r}]"))
+            for k, v in value.items()
+        ]
+        if TAG in value or any(isinstance(k, dict) for k, _ in pairs):
+            return {TAG: ("dict", pairs)}
+        return dict(pairs)
+    if kind is set or kind is frozenset:
+        members = [encode(v, name, f"a member of {where}") for v in value]
+        if any(isinstance(m, dict) for m in members):
+            return {TAG: (kind.__name__, members)}
+        return value
+    raise EncodeError(
+        f"batchable operation {name!r} returned a value that cannot cross to the pytest "
+        f"process: {where} is of type {kind.__module__}.{kind.__qualname__}. Return plain data "
+        f"({ALLOWED}); build live objects such as connections or clients in an ordinary "
+        f"fixture that depends on {name!r}"
+    )
+
+
+def decode(value: Any) -> Any:
+    """The inverse of :func:`encode`."""
+    kind = type(value)
+    if kind is list:
+        return [decode(v) for v in value]
+    if kind is tuple:
+        return tuple(decode(v) for v in value)
+    if kind is dict:
+        if len(value) == 1 and TAG in value:
+            tag = value[TAG]
+            if tag[0] == "path":
+                return getattr(pathlib, tag[1])(tag[2])
+            if tag[0] == "dict":
+                return {decode(k): decode(v) for k, v in tag[1]}
+            members = [decode(m) for m in tag[1]]
+            return set(members) if tag[0] == "set" else frozenset(members)
+        return {k: decode(v) for k, v in value.items()}
+    return value
+
+
+class TeardownError(RuntimeError):
+    """A generator operation that did not yield exactly once."""
+
+
+def start_call(function: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Call an operation; for a generator, run it to its yield. Return (value, state)."""
+    if not inspect.isgeneratorfunction(function):
+        return function(**kwargs), None
+    gen = function(**kwargs)
+    try:
+        value = next(gen)
+    except StopIteration:
+        raise TeardownError(
+            f"generator {function.__name__!r} returned without yielding; a batchable "
+            "generator must yield its value exactly once"
+        ) from None
+    return value, gen
+
+
+def finish_call(state: Generator[Any] | None) -> None:
+    """Run the code after a generator operation's yield (its teardown)."""
+    if state is None:
+        return
+    try:
+        next(state)
+    except StopIteration:
+        return
+    state.close()
+    raise TeardownError(
+        f"generator {getattr(state, '__name__', '?')!r} yielded more than once; a batchable generator "
+        "must yield its value exactly once"
+    )
+
+
+def format_error(exc: BaseException, skip: int = 1) -> str:
+    """The traceback of ``exc`` without the first ``skip`` frames (ours)."""
+    tb = exc.__traceback__
+    for _ in range(skip):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+# -- the worker side --------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """On Linux, ask the kernel to kill this worker when the pytest process dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001  # pragma: no cover - best effort on exotic libcs
+        pass
+
+
+def _load_module(module: str, file: str) -> Any:
+    """Import the operation's module as pytest did, or from its file if that fails."""
+    path = os.path.abspath(file)
+
+    def same(mod: Any) -> bool:
+        mod_file = getattr(mod, "__file__", None)
+        return isinstance(mod_file, str) and os.path.abspath(mod_file) == path
+
+    mod = sys.modules.get(module)
+    if mod is not None and same(mod):
+        return mod
+    try:
+        mod = importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - fall back to loading the file below
+        mod = None
+    if mod is not None and same(mod):
+        return mod
+    # conftest.py files and modules imported with --import-mode=importlib have names
+    # that do not import on sys.path: load them from their file, once.
+    key = "_parexec_" + "".join(c if c.isalnum() else "_" for c in path)
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {module!r} from {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[key] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    return mod
+
+
+class _Capture:
+    """Capture the worker's file descriptors 1 and 2 into a file while an operation runs."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "output")
+
+    def __enter__(self) -> _Capture:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.file = open(self.path, "w+b")
+        self.saved = (os.dup(1), os.dup(2))
+        os.dup2(self.file.fileno(), 1)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        os.close(self.saved[0])
+        os.close(self.saved[1])
+        self.file.seek(0)
+        self.output = self.file.read().decode("utf-8", "replace")
+        self.file.close()
+
+
+class Worker:
+    """Serves run and teardown requests from the pytest process on one channel."""
+
+    def __init__(self, channel: Any, init: dict[str, Any]) -> None:
+        self.channel = channel
+        self.capture_dir: str = init["capture_dir"]
+        self.states: dict[str, Any] = {}
+
+    def run(self, msg: dict[str, Any]) -> dict[str, Any]:
+        name = msg["name"]
+        started = time.perf_counter()
+        reply: dict[str, Any] = {"kind": "result", "id": msg["id"], "name": name}
+        capture = _Capture(self.capture_dir)
+        with capture:
+            state = None
+            try:
+                mod = _load_module(msg["module"], msg["file"])
+                obj = getattr(mod, msg["attribute"])
+                function = getattr(obj, "__parexec_function__", obj)
+                kwargs = {k: decode(v) for k, v in msg["args"].items()}
+                if msg["tmp_path"] is not None:
+                    kwargs["tmp_path"] = pathlib.Path(msg["tmp_path"])
+                value, state = start_call(function, kwargs)
+                reply["value"] = encode(value, name)
+            except BaseException as exc:  # noqa: BLE001 - everything is reported
+                reply.update(ok=False, error=format_error(exc), message=one_line(exc))
+                if state is not None:
+                    # The value is unusable: release what the generator holds now.
+                    try:
+                        finish_call(state)
+                    except BaseException:  # noqa: BLE001 - the first error is the one to show
+                        pass
+            else:
+                reply.update(ok=True, holds=state is not None)
+                if state is not None:
+                    self.states[name] = state
+        reply["duration"] = time.perf_counter() - started
+        reply["output"] = capture.output
+        return reply
+
+    def teardown(self, msg: dict[str, Any]) -> dict[str, Any]:
+        name = msg["name"]
+        reply: dict[str, Any] = {"kind": "teardown", "name": name, "ok": True}
+        capture = _Capture(self.capture_dir)
+        with capture:
+            try:
+                finish_call(self.states.pop(name, None))
+            except BaseException as exc:  # noqa: BLE001
+                reply.update(ok=False, error=format_error(exc), message=one_line(exc))
+        reply["output"] = capture.output
+        return reply
+
+    def serve(self) -> None:
+        while True:
+            msg = self.channel.receive()
+            kind = msg["kind"]
+            if kind == "run":
+                self.channel.send(self.run(msg))
+            elif kind == "teardown":
+                self.channel.send(self.teardown(msg))
+            elif kind == "stop":
+                return
+            else:  # pragma: no cover - a protocol bug
+                raise ValueError(f"unknown message kind {kind!r}")
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _init_worker(init: dict[str, Any]) -> dict[str, Any]:
+    if init.get("own_process_group"):
+        # A terminal's Ctrl-C must reach only pytest, which then runs the
+        # teardowns here before stopping this worker and its children.
+        os.setpgrp()
+        _die_with_parent()
+    if init.get("cwd"):
+        os.chdir(init["cwd"])
+    for entry in reversed(init.get("sys_path") or []):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    os.environ.update(init.get("env") or {})
+    os.makedirs(init["capture_dir"], exist_ok=True)
+    for module in init.get("preload") or []:
+        # Importing pytest takes a few hundred milliseconds: do it while pytest collects.
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the operation's own import will report it
+            continue
+    return {
+        "kind": "ready",
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "cwd": os.getcwd(),
+    }
+
+
+if __name__ == "__channelexec__":
+    _init = channel.receive()  # type: ignore[name-defined]  # noqa: F821
+    channel.send(_init_worker(_init))  # type: ignore[name-defined]  # noqa: F821
+    Worker(channel, _init).serve()  # type: ignore[name-defined]  # noqa: F821

@@ -1,0 +1,217 @@
+"""The parallel execution summary: computed once, printed, and written as JSON."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, TypedDict
+
+from .executor import OperationResult, PlanRun, Status
+from .planner import GROUP_ORDER, critical_path
+
+__all__ = ["REPORT_VERSION", "SUMMARY_TITLE", "Report", "build_report", "write_json", "write_summary"]
+
+REPORT_VERSION: Final = 1
+SUMMARY_TITLE: Final = "parallel execution summary"
+
+
+class PhaseReport(TypedDict):
+    group: str
+    kind: str
+    operations: list[str]
+    start_s: float | None
+    end_s: float | None
+    duration_s: float
+
+
+class AttemptReport(TypedDict):
+    attempt: int
+    worker: str
+    pid: int | None
+    start_s: float
+    end_s: float
+    duration_s: float
+    status: str
+    error: str | None
+
+
+class OperationReport(TypedDict):
+    name: str
+    group: str
+    status: str
+    attempts: int
+    worker: str | None
+    pid: int | None
+    host: str | None
+    start_s: float | None
+    end_s: float | None
+    duration_s: float | None
+    depends: list[str]
+    error: str | None
+    blocked_by: str | None
+    teardown_error: str | None
+    attempt_history: list[AttemptReport]
+
+
+class Report(TypedDict):
+    version: int
+    mode: str
+    workers: int
+    setup_s: float
+    wall_s: float
+    sequential_s: float
+    saved_s: float
+    efficiency: float
+    critical_path: list[str]
+    critical_path_s: float
+    counts: dict[str, int]
+    phases: list[PhaseReport]
+    operations: list[OperationReport]
+
+
+def _r(value: float) -> float:
+    return round(value, 4)
+
+
+def _operation(name: str, group: str, depends: Sequence[str], result: OperationResult) -> OperationReport:
+    last = result.last
+    return {
+        "name": name,
+        "group": group,
+        "status": result.status.value,
+        "attempts": len(result.attempts),
+        "worker": last.worker if last else None,
+        "pid": last.pid if last else None,
+        "host": last.host if last else None,
+        "start_s": _r(last.start_s) if last else None,
+        "end_s": _r(last.end_s) if last else None,
+        "duration_s": _r(last.duration_s) if last else None,
+        "depends": list(depends),
+        "error": result.error,
+        "blocked_by": result.blocked_by,
+        "teardown_error": result.teardown_error,
+        "attempt_history": [
+            {
+                "attempt": a.number,
+                "worker": a.worker,
+                "pid": a.pid,
+                "start_s": _r(a.start_s),
+                "end_s": _r(a.end_s),
+                "duration_s": _r(a.duration_s),
+                "status": "passed" if a.ok else "failed",
+                "error": a.error,
+            }
+            for a in result.attempts
+        ],
+    }
+
+
+def _overlap(intervals: list[tuple[float, float]]) -> bool:
+    intervals.sort()
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(intervals))
+
+
+def build_report(run: PlanRun, mode: str, setup_s: float) -> Report:
+    """Everything the summary, the JSON report and the trace show, from one run."""
+    plan = run.plan
+    results = run.results
+    operations = [
+        _operation(name, plan.nodes[name].group, plan.nodes[name].depends, results[name])
+        for name in plan.order
+        if name in results
+    ]
+    attempts = [a for r in results.values() for a in r.attempts]
+    sequential = sum(a.duration_s for a in attempts)
+    wall = (max(a.end_s for a in attempts) - min(a.start_s for a in attempts)) if attempts else 0.0
+    saved = sequential - wall
+    durations = {n: r.last.duration_s for n, r in results.items() if r.status.ok and r.last}
+    path, path_s = critical_path({n: plan.nodes[n].depends for n in durations}, durations)
+
+    phases: list[PhaseReport] = []
+    for group in [*GROUP_ORDER, *sorted({n.group for n in plan.nodes.values()} - set(GROUP_ORDER))]:
+        members = [op for op in operations if op["group"] == group]
+        if not members:
+            continue
+        spans = [(a.start_s, a.end_s) for op in members for a in results[op["name"]].attempts]
+        start = min((s for s, _ in spans), default=None)
+        end = max((e for _, e in spans), default=None)
+        phases.append(
+            {
+                "group": group,
+                "kind": "parallel" if _overlap(list(spans)) else "sequential",
+                "operations": [op["name"] for op in members],
+                "start_s": _r(start) if start is not None else None,
+                "end_s": _r(end) if end is not None else None,
+                "duration_s": _r(end - start) if start is not None and end is not None else 0.0,
+            }
+        )
+    counts = {status.value: 0 for status in Status}
+    for result in results.values():
+        counts[result.status.value] += 1
+    counts["retried"] = sum(1 for r in results.values() if len(r.attempts) > 1)
+    return {
+        "version": REPORT_VERSION,
+        "mode": mode,
+        "workers": run.workers,
+        "setup_s": _r(setup_s),
+        "wall_s": _r(wall),
+        "sequential_s": _r(sequential),
+        "saved_s": _r(saved),
+        "efficiency": _r(saved / sequential) if sequential > 0 else 0.0,
+        "critical_path": path,
+        "critical_path_s": _r(path_s),
+        "counts": counts,
+        "phases": phases,
+        "operations": operations,
+    }
+
+
+def write_json(report: Mapping[str, Any], path: Path) -> None:
+    """Write ``report`` to ``path`` atomically: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            json.dump(report, stream, indent=2)
+            stream.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def summary_lines(report: Report) -> list[str]:
+    """The lines of the terminal section, without its heading."""
+    lines = []
+    for phase in report["phases"]:
+        ops = ", ".join(phase["operations"])
+        lines.append(f"{phase['group']} [{phase['kind']}] {ops}: {phase['duration_s']:.2f}s")
+    counts = report["counts"]
+    total = len(report["operations"])
+    workers = report["workers"]
+    where = f"on {workers} worker{'s' * (workers != 1)}" if workers else "in the pytest process"
+    lines.append(f"{total} operation{'s' * (total != 1)} {where} ({report['mode']} mode)")
+    lines.append(f"sequential estimate: {report['sequential_s']:.2f}s")
+    lines.append(f"parallel actual: {report['wall_s']:.2f}s")
+    lines.append(f"time saved: {report['saved_s']:.2f}s (efficiency {report['efficiency'] * 100:.0f}%)")
+    lines.append(f"setup wait: {report['setup_s']:.2f}s from end of collection to last result")
+    if report["critical_path"]:
+        chain = " -> ".join(report["critical_path"])
+        lines.append(f"critical path: {chain} ({report['critical_path_s']:.2f}s)")
+    trouble = {k: counts[k] for k in ("failed", "recovered", "skipped", "retried") if counts.get(k)}
+    if trouble:
+        lines.append("outcomes: " + ", ".join(f"{v} {k}" for k, v in trouble.items()))
+    return lines
+
+
+def write_summary(terminal: Any, report: Report, errors: Sequence[str] = ()) -> None:
+    """Append the summary section to pytest's terminal report."""
+    terminal.write_sep("=", SUMMARY_TITLE)
+    for line in summary_lines(report):
+        terminal.write_line(line)
+    for error in errors:
+        terminal.write_line(error, red=True)
