@@ -7,7 +7,7 @@ the operations the selected tests need and runs them on worker processes.
 from __future__ import annotations
 
 from .executor import Status
-from .operations import GROUPS, OperationFailed, ParexecError, batchable, infer_group
+from .operations import GROUPS, ParexecError, batchable, infer_group
 from .planner import PlanError
 from .remote import EncodeError
 
@@ -16,7 +16,6 @@ __version__ = "0.1.0"
 __all__ = [
     "GROUPS",
     "EncodeError",
-    "OperationFailed",
     "ParexecError",
     "PlanError",
     "Status",

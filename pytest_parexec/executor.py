@@ -130,10 +130,19 @@ class _Event(enum.Enum):
     LOST = "lost"
     SUBMIT = "submit"
     TEARDOWN = "teardown"
+    CANCEL = "cancel"
     CLOSE = "close"
 
 
 _LOST: Final = object()
+
+_PACKAGE_PARENT: Final = os.path.dirname(os.path.dirname(os.path.abspath(remote.__file__)))
+_LOCAL_BOOTSTRAP: Final = (
+    "import sys\n"
+    f"if {_PACKAGE_PARENT!r} not in sys.path: sys.path.append({_PACKAGE_PARENT!r})\n"
+    "from pytest_parexec.remote import serve_channel\n"
+    "serve_channel(channel)\n"
+)
 
 
 @dataclasses.dataclass(eq=False)
@@ -243,6 +252,14 @@ class Executor:
         self.events.put((_Event.TEARDOWN, (list(names), done)))
         done.wait()
 
+    def cancel(self) -> None:
+        """Stop the plan: nothing new starts, running operations are interrupted.
+
+        Operations that finished keep their results (and their teardowns); a
+        worker that does not stop its operation within a grace period is killed.
+        """
+        self.events.put((_Event.CANCEL, None))
+
     def close(self) -> None:
         """Stop every worker and the processes they started; idempotent."""
         if self._closed:
@@ -262,6 +279,9 @@ class Executor:
         self.started_ops: set[str] = set()
         #: The id of the worker being started for the next retry.
         self.fresh: str | None = None
+        #: The operation whose retry is running (alone).
+        self.retrying: str | None = None
+        self.cancelled = False
         try:
             while True:
                 timeout = self._next_timeout()
@@ -294,8 +314,37 @@ class Executor:
                 self._on_submit(payload)
             case _Event.TEARDOWN:
                 self.pending_teardowns.append(payload)
+            case _Event.CANCEL:
+                self._on_cancel()
             case _Event.CLOSE:  # pragma: no cover - handled by the loop
                 pass
+
+    def _on_cancel(self) -> None:
+        run = self.run
+        if run is None or run.done:
+            return
+        self.cancelled = True
+        self.retry_queue.clear()
+        for name in run.plan.order:
+            if name not in run.results and name not in self._running_names():
+                self.started_ops.add(name)
+                run._set(
+                    OperationResult(
+                        name=name, status=Status.SKIPPED, message="not run: the session was interrupted"
+                    )
+                )
+        for worker in self._running():
+            # KeyboardInterrupt in the operation; its worker then reports and stays
+            # usable for the teardowns of what it finished before.
+            worker.deadline = time.perf_counter() + STOP_GRACE_S
+            if worker.local:
+                try:
+                    os.kill(worker.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+
+    def _running_names(self) -> set[str]:
+        return {w.running for w in self._live() if w.running is not None}
 
     def _on_submit(self, payload: tuple[Any, ...]) -> None:
         if payload[0] == "warm":
@@ -357,7 +406,10 @@ class Executor:
     def _handshake(self, worker_id: str, spec: str, gateway: Any) -> None:
         local = _is_local(spec)
         try:
-            channel = gateway.remote_exec(remote)
+            # A local worker runs the same interpreter, so it imports this package's
+            # remote module (which coverage.py can then measure); a remote host may
+            # not have the package, so it gets the module's source.
+            channel = gateway.remote_exec(_LOCAL_BOOTSTRAP if local else remote)
             init = {
                 "cwd": self.init.cwd if local else None,
                 "sys_path": list(self.init.sys_path) if local else [],
@@ -389,6 +441,9 @@ class Executor:
         self.starting -= 1
         self.workers[worker.id] = worker
         self.idle.append(worker)
+        if self.run is not None and worker.id != self.fresh and len(self._live()) > self.max_workers:
+            # Warmed up before the plan said how many workers it can use.
+            self._kill(worker)
 
     def _on_start_failed(self, payload: tuple[str, str, str]) -> None:
         worker_id, spec, error = payload
@@ -463,16 +518,20 @@ class Executor:
         for worker in self._live():
             if worker.deadline is not None and now >= worker.deadline and worker.running:
                 task = self.tasks[worker.running]
-                self._on_worker_lost(
-                    worker,
-                    f"operation {task.name!r} timed out after {task.timeout:g} seconds; its worker "
-                    f"process {worker.id} (pid {worker.pid}) and that process's children were killed",
-                )
+                if self.cancelled:
+                    reason = f"operation {task.name!r} was interrupted; its worker process was killed"
+                else:
+                    seconds = f"{task.timeout:g} second{'s' * (task.timeout != 1)}"
+                    reason = (
+                        f"operation {task.name!r} timed out after {seconds}; its worker process "
+                        f"{worker.id} (pid {worker.pid}) and that process's children were killed"
+                    )
+                self._on_worker_lost(worker, reason)
 
     def _step(self) -> None:
         """Dispatch what can run, start workers that are wanted, run teardowns."""
         run = self.run
-        if run is not None and not run.done:
+        if run is not None and not run.done and not self.cancelled:
             self._dispatch(run)
         self._advance_teardowns()
 
@@ -480,8 +539,10 @@ class Executor:
         return [w for w in self._live() if w.running is not None]
 
     def _dispatch(self, run: PlanRun) -> None:
-        if self.retry_queue:
-            self._dispatch_retry(run)
+        if self.retry_queue or self.retrying is not None:
+            # A retry runs alone: nothing new starts until it has finished.
+            if self.retrying is None:
+                self._dispatch_retry(run)
             return
         ready = run.plan.ready(run.results, self.started_ops)
         while ready and self.idle:
@@ -509,7 +570,8 @@ class Executor:
             return
         self.fresh = None
         self.idle.remove(worker)
-        self._send_run(worker, self.retry_queue.pop(0))
+        self.retrying = self.retry_queue.pop(0)
+        self._send_run(worker, self.retrying)
 
     def _retry_spec(self) -> str:
         if not self.specs:
@@ -581,6 +643,8 @@ class Executor:
         )
         worker.running = None
         worker.deadline = None
+        if name == self.retrying:
+            self.retrying = None
         if self.on_attempt is not None:
             self.on_attempt(name, attempt)
         attempts = self.failures.setdefault(name, [])
@@ -591,7 +655,7 @@ class Executor:
             status = Status.PASSED if attempt.number == 1 else Status.RECOVERED
             run._set(OperationResult(name=name, status=status, attempts=attempts, value=msg["value"]))
             return
-        if attempt.number <= task.retries:
+        if attempt.number <= task.retries and not self.cancelled:
             self.retry_queue.append(name)
             return
         self._record_failure(run, name, str(attempt.error), str(msg.get("message") or attempt.error))

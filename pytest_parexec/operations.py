@@ -21,7 +21,6 @@ from .remote import decode, encode, finish_call, start_call
 __all__ = [
     "GROUPS",
     "Operation",
-    "OperationFailed",
     "ParexecError",
     "batchable",
     "infer_group",
@@ -50,10 +49,6 @@ class ParexecError(Exception):
     """A usage error of pytest-parexec: bad decorator arguments, a bad plan."""
 
 
-class OperationFailed(Exception):
-    """Raised by a batchable fixture whose operation did not produce a value."""
-
-
 def _words(name: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(name)]
 
@@ -61,7 +56,7 @@ def _words(name: str) -> list[str]:
 def infer_group(name: str) -> str:
     """Return the group for ``name`` by :data:`GROUP_KEYWORDS`, or ``"other"``."""
     words = _words(name)
-    singular = {w[:-1] if w.endswith("s") and len(w) > 3 else w for w in words} | set(words)
+    singular = {w[:-1] if w.endswith("s") and len(w) > 2 else w for w in words} | set(words)
     for group, keywords in GROUP_KEYWORDS.items():
         if singular.intersection(keywords):
             return group

@@ -27,10 +27,13 @@ MODES: Final = ("parallel", "sequential")
 DEFAULT_RETRIES: Final = 1
 
 
-def _workers_arg(value: str) -> int | None:
-    """``N`` or ``auto`` (None); anything else is a usage error."""
-    if value.strip() == "auto":
-        return None
+AUTO: Final = "auto"
+
+
+def _workers_arg(value: str) -> int | str:
+    """``N`` or ``auto``; anything else is a usage error."""
+    if value.strip() == AUTO:
+        return AUTO
     try:
         number = int(value)
     except ValueError:
@@ -123,12 +126,12 @@ class Settings:
         if mode not in MODES:
             raise pytest.UsageError(f"ini option parexec_mode = {mode!r}: use one of {', '.join(MODES)}")
         workers = config.option.parexec_workers
-        if workers is None and config.option.parexec_workers is None:
+        if workers is None:
             workers = ini("parexec_workers", _workers_arg)
         report = config.option.parexec_report
         return cls(
             mode=mode,
-            workers=workers,
+            workers=None if workers == AUTO else workers,
             retries=ini("parexec_retries", _non_negative_int),
             timeout=ini("parexec_timeout", _timeout_arg),
             report=Path(config.invocation_params.dir, report) if report else None,
@@ -327,25 +330,34 @@ class ParexecSession:
         return self._values[op.name]
 
     def finish(self, op: Operation) -> None:
-        __tracebackhide__ = True
-        if self.runner is None or self.run is None:
-            return
-        self.runner.teardown([op.name])
-        result = self.run.results[op.name]
-        if result.teardown_error:
-            error, result.teardown_error = result.teardown_error, None
-            pytest.fail(f"teardown of batchable operation {op.name!r} failed:\n{error}", pytrace=False)
+        """pytest finalizes session fixtures in reverse order: tear down with them.
+
+        A teardown error is not raised here but reported at session end, with
+        every other teardown error, in the summary (pytest would fold several
+        into one exception group on the last test).
+        """
+        if self.runner is not None and self.run is not None:
+            self.runner.teardown([op.name])
 
     # -- the end of the session ------------------------------------------------
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.runner is not None and self.run is not None:
+            if not self.run.done and isinstance(self.runner, Executor):
+                # Interrupted (Ctrl-C, an internal error): stop what runs, keep what finished.
+                self.runner.cancel()
             self.runner.teardown(self.run.plan.order)
             for name in self.run.plan.teardown_order():
-                error = self.run.results[name].teardown_error if name in self.run.results else None
-                if error:
-                    self.teardown_errors.append(f"teardown of batchable operation {name!r} failed:\n{error}")
+                result = self.run.results.get(name)
+                if result is not None and result.teardown_error:
+                    text = (
+                        f"teardown of batchable operation {name!r} failed:\n{result.teardown_error.rstrip()}"
+                    )
+                    if result.teardown_output.strip():
+                        text += f"\n----- captured output of {name!r} teardown -----\n"
+                        text += result.teardown_output.rstrip()
+                    self.teardown_errors.append(text)
             if self.teardown_errors and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self.close()

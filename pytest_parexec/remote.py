@@ -25,8 +25,8 @@ TAG = "__parexec_tag__"
 
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, bytearray)
 ALLOWED = (
-    "None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset "
-    "and pathlib paths, nested freely"
+    "None, bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, "
+    "frozenset and pathlib paths, nested freely"
 )
 
 
@@ -43,7 +43,9 @@ def encode(value: Any, name: str, where: str = "the value") -> Any:
     if kind in PLAIN_TYPES:
         return value
     if isinstance(value, pathlib.PurePath):
-        return {TAG: ("path", kind.__name__, str(value))}
+        # A subclass of the user's arrives as the pathlib class it derives from.
+        base = next(c for c in kind.__mro__ if c.__module__ == "pathlib")
+        return {TAG: ("path", base.__name__, str(value))}
     if kind is list or kind is tuple:
         items = [encode(v, name, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if kind is list else tuple(items)
@@ -122,13 +124,21 @@ def finish_call(state: Generator[Any] | None) -> None:
     )
 
 
-def format_error(exc: BaseException, skip: int = 1) -> str:
-    """The traceback of ``exc`` without the first ``skip`` frames (ours)."""
-    tb = exc.__traceback__
-    for _ in range(skip):
-        if tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+#: This module's file name as its frames show it ("<remote exec>" on a remote host).
+_THIS_FILE = globals().get("__file__") or "<remote exec>"
+
+
+def format_error(exc: BaseException) -> str:
+    """The traceback of ``exc`` as the user needs it: without this module's frames.
+
+    An EncodeError says all there is to say in its message, so it has no traceback.
+    """
+    if isinstance(exc, EncodeError):
+        return f"{type(exc).__name__}: {exc}\n"
+    report = traceback.TracebackException.from_exception(exc)
+    frames = [frame for frame in report.stack if frame.filename != _THIS_FILE]
+    report.stack = traceback.StackSummary.from_list(frames)
+    return "".join(report.format())
 
 
 # -- the worker side --------------------------------------------------------
@@ -309,7 +319,12 @@ def _init_worker(init: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def serve_channel(channel: Any) -> None:
+    """A worker's whole life: answer the init message, then serve until told to stop."""
+    init = channel.receive()
+    channel.send(_init_worker(init))
+    Worker(channel, init).serve()
+
+
 if __name__ == "__channelexec__":
-    _init = channel.receive()  # type: ignore[name-defined]  # noqa: F821
-    channel.send(_init_worker(_init))  # type: ignore[name-defined]  # noqa: F821
-    Worker(channel, _init).serve()  # type: ignore[name-defined]  # noqa: F821
+    serve_channel(channel)  # type: ignore[name-defined]  # noqa: F821

@@ -213,5 +213,7 @@ def write_summary(terminal: Any, report: Report, errors: Sequence[str] = ()) -> 
     terminal.write_sep("=", SUMMARY_TITLE)
     for line in summary_lines(report):
         terminal.write_line(line)
+    if errors:
+        terminal.write_sep("-", f"teardown errors ({len(errors)})", red=True)
     for error in errors:
         terminal.write_line(error, red=True)
