@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
@@ -42,7 +43,8 @@ GROUP_KEYWORDS: Final[dict[str, tuple[str, ...]]] = {
 #: The one parameter name that is not another operation.
 TMP_PATH: Final = "tmp_path"
 
-_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+#: Words of a name: snake_case, camelCase, acronyms and their plurals (APIs, DBs).
+_WORD = re.compile(r"[A-Z]{2,}s(?![a-z])|[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
 class ParexecError(Exception):
@@ -182,7 +184,10 @@ def _check_options(
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
         raise ParexecError(f"{where}: retries={retries!r} must be an integer >= 0")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
     ):
         raise ParexecError(f"{where}: timeout={timeout!r} must be a number of seconds > 0")
     return after_names
@@ -271,6 +276,8 @@ def batchable(
 
     def decorate(function: Callable[..., Any]) -> Any:
         where = f"@batchable {getattr(function, '__qualname__', function)!r}"
+        if not inspect.isfunction(function):
+            raise ParexecError(f"{where}: @batchable decorates functions, got {type(function).__name__}")
         after_names = _check_options(where, group, after, name, retries, timeout)
         params, wants_tmp_path = _check_function(function, name or function.__name__)
         op_name = name or function.__name__

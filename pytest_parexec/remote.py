@@ -34,14 +34,29 @@ class EncodeError(TypeError):
     """A value that cannot cross a process boundary."""
 
 
+#: execnet packs negative ints in 32 bits: smaller ones travel as text.
+_MIN_INT = -(2**31)
+
+
+def _hashable_plain(encoded: Any) -> bool:
+    """Whether an encoded key or member can stay in a dict or set as it is."""
+    if isinstance(encoded, tuple | frozenset):
+        return all(_hashable_plain(item) for item in encoded)
+    return not isinstance(encoded, dict)
+
+
 def encode(value: Any, name: str, where: str = "the value") -> Any:
-    """Turn ``value`` into built-in types that execnet can send; tag paths.
+    """Turn ``value`` into built-in types that execnet can send; tag the rest.
 
     Raises EncodeError naming the operation ``name`` and the offending part.
     """
     kind = type(value)
-    if kind in PLAIN_TYPES:
+    if kind is int and value < _MIN_INT:
+        return {TAG: ("int", str(value))}
+    if kind in PLAIN_TYPES and kind is not bytearray:
         return value
+    if kind is bytearray:
+        return {TAG: ("bytearray", bytes(value))}
     if isinstance(value, pathlib.PurePath):
         # A subclass of the user's arrives as the pathlib class it derives from.
         base = next(c for c in kind.__mro__ if c.__module__ == "pathlib")
@@ -54,14 +69,14 @@ def encode(value: Any, name: str, where: str = "the value") -> Any:
             (encode(k, name, f"a key of {where}"), encode(v, name, f"{where}[{k!r}]"))
             for k, v in value.items()
         ]
-        if TAG in value or any(isinstance(k, dict) for k, _ in pairs):
+        if TAG in value or not all(_hashable_plain(k) for k, _ in pairs):
             return {TAG: ("dict", pairs)}
         return dict(pairs)
     if kind is set or kind is frozenset:
         members = [encode(v, name, f"a member of {where}") for v in value]
-        if any(isinstance(m, dict) for m in members):
+        if not all(_hashable_plain(m) for m in members):
             return {TAG: (kind.__name__, members)}
-        return value
+        return kind(members)
     raise EncodeError(
         f"batchable operation {name!r} returned a value that cannot cross to the pytest "
         f"process: {where} is of type {kind.__module__}.{kind.__qualname__}. Return plain data "
@@ -82,6 +97,10 @@ def decode(value: Any) -> Any:
             tag = value[TAG]
             if tag[0] == "path":
                 return getattr(pathlib, tag[1])(tag[2])
+            if tag[0] == "int":
+                return int(tag[1])
+            if tag[0] == "bytearray":
+                return bytearray(tag[1])
             if tag[0] == "dict":
                 return {decode(k): decode(v) for k, v in tag[1]}
             members = [decode(m) for m in tag[1]]

@@ -12,7 +12,7 @@ from typing import Any
 
 import execnet
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_parexec import remote
@@ -42,7 +42,7 @@ plain_leaves = (
     | st.binary(max_size=8)
     | st.just(TAG)
 )
-#: Values encode() passes through although execnet cannot carry them (see the xfail tests).
+#: Values that need a tag to cross execnet (bytearray; ints below -2**31).
 uncarried_leaves = st.integers(max_value=-(2**31) - 1) | st.binary(max_size=8).map(bytearray)
 
 
@@ -54,8 +54,8 @@ def hashable(leaves: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     )
 
 
-#: Dict keys and set members: paths alone or in frozensets, never inside a tuple (see the xfail tests).
-keys = hashable(plain_leaves) | paths | st.frozensets(hashable(plain_leaves) | paths, max_size=3)
+#: Dict keys and set members, paths at any depth (inside tuples and frozensets too).
+keys = hashable(plain_leaves | paths)
 #: Every hashable encode() promises to carry, paths at any depth.
 all_keys = hashable(plain_leaves | paths)
 
@@ -130,13 +130,6 @@ def test_encoded_values_cross_execnet(value: Any) -> None:
     assert_same(decode(crossed), value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: bytearray, ints below -2**31 and paths inside tuples in dict keys or set "
-    "members do not survive encode -> execnet -> decode (see the four tests below)",
-    strict=True,
-)
-# Generate only: shrinking an expected failure costs seconds and shows nothing new.
-@settings(PROPERTY, phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False)
 @given(all_values)
 def test_every_promised_value_crosses_execnet(value: Any) -> None:
     encoded = encode(value, "op")
@@ -187,35 +180,21 @@ def test_paths_are_tagged_not_stringified() -> None:
     assert type(decode(encode("/x", "op"))) is str
 
 
-@pytest.mark.xfail(reason="BUG: bytearray is passed through but execnet cannot serialize it", strict=True)
 def test_bytearray_crosses_execnet() -> None:
     value = bytearray(b"x")
     assert_same(decode(execnet.loads(execnet.dumps(encode(value, "op")))), value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: ints below -2**31 are passed through but execnet cannot serialize them", strict=True
-)
 def test_large_negative_int_crosses_execnet() -> None:
     value = -(2**31) - 1
     assert_same(decode(execnet.loads(execnet.dumps(encode(value, "op")))), value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a path inside a tuple used as a dict key encodes the key to an unhashable dict "
-    "and encode raises a bare TypeError",
-    strict=True,
-)
 def test_path_inside_a_tuple_dict_key() -> None:
     value = {(pathlib.PurePosixPath("a"),): 1}
     assert_same(decode(execnet.loads(execnet.dumps(encode(value, "op")))), value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a path inside a tuple that is a set member is returned unencoded (the original "
-    "set), which execnet cannot serialize",
-    strict=True,
-)
 @pytest.mark.parametrize("kind", [set, frozenset])
 def test_path_inside_a_tuple_set_member(kind: type[Any]) -> None:
     value = kind({(1, pathlib.PurePosixPath("a"))})

@@ -97,23 +97,7 @@ def test_every_keyword_in_every_spelling(keyword: str, group: str, spell: Callab
 
 @pytest.mark.parametrize(
     ("keyword", "group"),
-    [
-        pytest.param(
-            k,
-            g,
-            id=k,
-            marks=[
-                pytest.mark.xfail(
-                    reason="BUG: plurals are only recognized for words longer than 3 letters, so "
-                    "'dbs' is not 'db'",
-                    strict=True,
-                )
-            ]
-            if len(k) + 1 <= 3
-            else [],
-        )
-        for k, g in KEYWORDS
-    ],
+    [pytest.param(k, g, id=k) for k, g in KEYWORDS],
 )
 @pytest.mark.parametrize(
     "spell",
@@ -127,11 +111,6 @@ def test_every_keyword_plural(keyword: str, group: str, spell: Callable[[str], s
     assert infer_group(spell(keyword)) == group
 
 
-@pytest.mark.xfail(
-    reason="BUG: camelCase splitting turns an upper-case acronym followed by a plural 's' into "
-    "two wrong words: 'APIs' -> 'ap', 'is'; 'DBs' -> 'd', 'bs'",
-    strict=True,
-)
 @pytest.mark.parametrize(("name", "group"), [("fakeAPIs", "logic"), ("seedDBs", "models")])
 def test_acronym_plurals_in_camel_case(name: str, group: str) -> None:
     assert infer_group(name) == group
@@ -437,11 +416,6 @@ def test_batchable_refuses(
     assert listeners == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: decorate() reads function.__name__ before _check_function's isfunction check, "
-    "so a callable without __name__ raises AttributeError instead of ParexecError",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "source",
     [
@@ -458,7 +432,6 @@ def test_batchable_refuses_callables_that_are_not_functions(
     assert listeners == []
 
 
-@pytest.mark.xfail(reason="BUG: timeout=float('nan') is accepted (nan <= 0 is False)", strict=True)
 def test_batchable_refuses_nan_timeout(
     define: Callable[[str], types.ModuleType], listeners: list[Operation]
 ) -> None:
