@@ -27,10 +27,12 @@ from .planner import Plan
 
 __all__ = [
     "Attempt",
+    "EventKind",
     "Executor",
     "InProcessRunner",
     "OperationResult",
     "PlanRun",
+    "ProgressEvent",
     "Status",
     "Task",
     "WorkerInit",
@@ -99,6 +101,31 @@ class Attempt:
     ok: bool
     error: str | None
     output: str
+
+
+class EventKind(enum.Enum):
+    STARTED = "started"
+    FINISHED = "finished"
+    RESULT = "result"
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class ProgressEvent:
+    """Something that happened to an operation, for the live display."""
+
+    kind: EventKind
+    name: str
+    #: Seconds since the plan started.
+    time_s: float
+    worker: str | None = None
+    attempt: int = 0
+    ok: bool = True
+    duration_s: float = 0.0
+    #: For FINISHED: the attempt failed and another will follow.
+    retrying: bool = False
+    #: For RESULT: the final status.
+    status: Status | None = None
 
 
 @dataclasses.dataclass
@@ -173,7 +200,12 @@ class PlanRun:
         self.results: dict[str, OperationResult] = {}
         self.started_at = time.perf_counter()
         self.finished_at: float | None = None
+        #: Every start, finish and result, in order, for the live display.
+        self.events: queue.Queue[ProgressEvent] = queue.Queue()
         self._cond = threading.Condition()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.started_at
 
     def _set(self, result: OperationResult) -> None:
         with self._cond:
@@ -181,6 +213,10 @@ class PlanRun:
             if len(self.results) == len(self.plan):
                 self.finished_at = time.perf_counter()
             self._cond.notify_all()
+        self.events.put(ProgressEvent(EventKind.RESULT, result.name, self.now(), status=result.status))
+
+    def _emit(self, event: ProgressEvent) -> None:
+        self.events.put(event)
 
     def wait(self, name: str) -> OperationResult:
         """Block until ``name`` has a final result."""
@@ -226,6 +262,9 @@ class Executor:
         self.starting = 0
         self.started_total = 0
         self.start_errors: list[str] = []
+        self._spawned_at: dict[str, float] = {}
+        #: Seconds from asking for each worker until it was ready to work.
+        self.start_durations: list[float] = []
         self.run: PlanRun | None = None
         self._spawn_queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._spawn_thread = threading.Thread(target=self._spawner, name="parexec-spawner", daemon=True)
@@ -235,6 +274,14 @@ class Executor:
         self._closed = False
 
     # -- the pytest side -----------------------------------------------------
+
+    @property
+    def worker_start_s(self) -> float | None:
+        """The median time a worker took to start in this session, if any started."""
+        if not self.start_durations:
+            return None
+        ordered = sorted(self.start_durations)
+        return ordered[len(ordered) // 2]
 
     def warm(self, count: int) -> None:
         """Start up to ``count`` workers now, so they are ready when the plan is."""
@@ -375,6 +422,7 @@ class Executor:
         worker_id = f"gw{self.started_total}"
         self.started_total += 1
         self.starting += 1
+        self._spawned_at[worker_id] = time.perf_counter()
         self._spawn_queue.put((worker_id, spec))
         return worker_id
 
@@ -439,6 +487,7 @@ class Executor:
 
     def _on_ready(self, worker: _Worker) -> None:
         self.starting -= 1
+        self.start_durations.append(time.perf_counter() - self._spawned_at[worker.id])
         self.workers[worker.id] = worker
         self.idle.append(worker)
         if self.run is not None and worker.id != self.fresh and len(self._live()) > self.max_workers:
@@ -596,6 +645,11 @@ class Executor:
         worker.running = name
         worker.attempt_start = time.perf_counter()
         worker.deadline = worker.attempt_start + task.timeout if task.timeout else None
+        self.run._emit(
+            ProgressEvent(
+                EventKind.STARTED, name, self.run.now(), worker=worker.id, attempt=self.attempt_counts[name]
+            )
+        )
         worker.channel.send(
             {
                 "kind": "run",
@@ -649,6 +703,18 @@ class Executor:
             self.on_attempt(name, attempt)
         attempts = self.failures.setdefault(name, [])
         attempts.append(attempt)
+        run._emit(
+            ProgressEvent(
+                EventKind.FINISHED,
+                name,
+                attempt.end_s,
+                worker=worker.id,
+                attempt=attempt.number,
+                ok=attempt.ok,
+                duration_s=attempt.duration_s,
+                retrying=not attempt.ok and attempt.number <= task.retries and not self.cancelled,
+            )
+        )
         if attempt.ok:
             if msg.get("holds"):
                 worker.holds.add(name)
@@ -790,6 +856,8 @@ class InProcessRunner:
         kwargs = {p: remote.decode(run.results[p].value) for p in task.params}
         while True:
             start = time.perf_counter()
+            number = len(attempts) + 1
+            run._emit(ProgressEvent(EventKind.STARTED, task.name, run.now(), worker="main", attempt=number))
             error: str | None = None
             message: str | None = None
             encoded: object = None
@@ -807,9 +875,21 @@ class InProcessRunner:
                         pass
                     state = None
             end = time.perf_counter()
+            run._emit(
+                ProgressEvent(
+                    EventKind.FINISHED,
+                    task.name,
+                    run.now(),
+                    worker="main",
+                    attempt=number,
+                    ok=error is None,
+                    duration_s=end - start,
+                    retrying=error is not None and number <= task.retries,
+                )
+            )
             attempts.append(
                 Attempt(
-                    number=len(attempts) + 1,
+                    number=number,
                     worker="main",
                     pid=os.getpid(),
                     host=None,

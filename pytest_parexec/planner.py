@@ -9,7 +9,17 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, final
 
-__all__ = ["Node", "Plan", "PlanError", "auto_workers", "build_plan", "critical_path", "find_cycle"]
+__all__ = [
+    "Node",
+    "Plan",
+    "PlanError",
+    "auto_workers",
+    "build_plan",
+    "choose_mode",
+    "critical_path",
+    "find_cycle",
+    "simulate",
+]
 
 #: Scheduling order of groups: an earlier group's ready operations go first.
 GROUP_ORDER: Final = ("models", "logic", "configs", "other", "tests")
@@ -242,3 +252,59 @@ def critical_path(
         path.append(cursor)
         cursor = best[cursor][1]
     return list(reversed(path)), best[end][0]
+
+
+def simulate(plan: Plan, durations: Mapping[str, float], workers: int) -> float:
+    """The makespan of ``plan`` on ``workers`` workers under the scheduler's priorities.
+
+    A list scheduler, like the executor: whenever a worker is free, the best ready
+    operation starts. Operations missing from ``durations`` take no time.
+    """
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    now = 0.0
+    running: list[tuple[float, str]] = []  # (end time, name)
+    done: set[str] = set()
+    started: set[str] = set()
+    while len(done) < len(plan):
+        for name in plan.ready(done, started):
+            if len(running) >= workers:
+                break
+            started.add(name)
+            running.append((now + durations.get(name, 0.0), name))
+        running.sort()
+        now, name = running.pop(0)
+        done.add(name)
+        while running and running[0][0] <= now:
+            done.add(running.pop(0)[1])
+    return now
+
+
+def choose_mode(
+    plan: Plan, expected: Mapping[str, float], workers: int, start_cost_s: float | None
+) -> tuple[str, str]:
+    """``--parexec=auto``: ``(mode, reason)``, parallel only where it can pay.
+
+    ``expected`` holds learned durations; ``start_cost_s`` the measured cost of
+    starting workers (None when never measured).
+    """
+    count = len(plan)
+    if count <= 1:
+        return "sequential", "a single operation: nothing can run beside it"
+    if plan.width <= 1:
+        return "sequential", f"the {count} operations form a chain: none can run beside another"
+    if workers <= 1:
+        return "sequential", "one worker: operations would run one at a time anyway"
+    if start_cost_s is not None and all(name in expected for name in plan.nodes):
+        total = sum(expected[name] for name in plan.nodes)
+        saving = total - simulate(plan, expected, workers)
+        if saving < start_cost_s:
+            return "sequential", (
+                f"expected saving {saving:.2f}s is less than the {start_cost_s:.2f}s "
+                "it costs to start workers"
+            )
+        return "parallel", (
+            f"{count} operations, up to {plan.width} at once: expected saving {saving:.2f}s "
+            f"on {workers} workers"
+        )
+    return "parallel", f"{count} operations, up to {plan.width} at once"

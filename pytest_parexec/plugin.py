@@ -19,11 +19,14 @@ import pytest
 
 from . import _compat, remote
 from .executor import Executor, InProcessRunner, OperationResult, PlanRun, Task, WorkerInit
+from .history import History
 from .operations import PROVIDER_KEY, TMP_PATH, Operation, on_definition, operation_of
-from .planner import Node, Plan, PlanError, auto_workers, build_plan
+from .planner import Node, Plan, PlanError, auto_workers, build_plan, choose_mode
+from .progress import Progress, follow
 from .report import Report, build_report, write_json, write_summary
+from .trace import write_trace
 
-MODES: Final = ("parallel", "sequential")
+MODES: Final = ("auto", "parallel", "sequential")
 DEFAULT_RETRIES: Final = 1
 
 
@@ -74,8 +77,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="parexec_mode",
         choices=MODES,
         default=None,
-        help="how to run batchable operations: 'parallel' on worker processes (default), "
-        "or 'sequential' one by one in the pytest process (for --pdb and print debugging)",
+        help="how to run batchable operations: 'auto' (default) runs them in parallel where that "
+        "can pay, else in-process; 'parallel' on worker processes; 'sequential' one by one in the "
+        "pytest process (for --pdb and print debugging)",
     )
     group.addoption(
         "--parexec-workers",
@@ -86,13 +90,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="number of worker processes, or 'auto' (default): the plan's width, at most twice the CPU count",
     )
     group.addoption(
+        "--parexec-trace",
+        dest="parexec_trace",
+        default=None,
+        metavar="PATH",
+        help="write the run's timeline: PATH.json as Chrome trace events (Perfetto, chrome://tracing), "
+        "PATH.svg as a Gantt chart",
+    )
+    group.addoption(
         "--parexec-report",
         dest="parexec_report",
         default=None,
         metavar="PATH",
         help="write the parallel execution summary as JSON to PATH",
     )
-    parser.addini("parexec_mode", "default for --parexec: parallel or sequential", default="parallel")
+    parser.addini("parexec_mode", "default for --parexec: auto, parallel or sequential", default="auto")
     parser.addini("parexec_workers", "default for --parexec-workers: N or auto", default="auto")
     parser.addini(
         "parexec_retries",
@@ -112,6 +124,7 @@ class Settings:
     retries: int
     timeout: float | None
     report: Path | None
+    trace: Path | None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -129,12 +142,19 @@ class Settings:
         if workers is None:
             workers = ini("parexec_workers", _workers_arg)
         report = config.option.parexec_report
+        trace = config.option.parexec_trace
+        if trace is not None and Path(trace).suffix.lower() not in (".json", ".svg"):
+            raise pytest.UsageError(
+                f"--parexec-trace={trace}: the file name must end in .json (trace events) "
+                "or .svg (Gantt chart)"
+            )
         return cls(
             mode=mode,
             workers=None if workers == AUTO else workers,
             retries=ini("parexec_retries", _non_negative_int),
             timeout=ini("parexec_timeout", _timeout_arg),
             report=Path(config.invocation_params.dir, report) if report else None,
+            trace=Path(config.invocation_params.dir, trace) if trace else None,
         )
 
 
@@ -187,6 +207,10 @@ class ParexecSession:
         self.plan: Plan | None = None
         self.run: PlanRun | None = None
         self.collected_at = 0.0
+        self.history = History()
+        self.workers = 1
+        self.mode = settings.mode
+        self.mode_reason = ""
         self.report: Report | None = None
         self.teardown_errors: list[str] = []
         self._values: dict[str, object] = {}
@@ -202,8 +226,10 @@ class ParexecSession:
 
     def _on_definition(self, op: Operation | None) -> None:
         self.definitions += 1
-        if self.settings.mode != "parallel" or self.plan is not None:
+        if self.settings.mode == "sequential" or self.plan is not None:
             return
+        if self.settings.mode == "auto" and self.definitions < 2:
+            return  # a single operation runs in-process under auto: start nothing for it
         limit = self.settings.workers or auto_workers(self.definitions, os.cpu_count() or 1)
         self._executor().warm(min(self.definitions, limit))
 
@@ -227,12 +253,24 @@ class ParexecSession:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.collected_at = time.perf_counter()
         self.operations = self._needed_operations(session.items)
+        if self.operations:
+            self.history = History.load(getattr(self.config, "cache", None))
+        expected = self.history.durations
         try:
-            self.plan = build_plan(Node(op.name, op.group, op.depends) for op in self.operations.values())
+            self.plan = build_plan(
+                Node(op.name, op.group, op.depends, expected.get(op.name)) for op in self.operations.values()
+            )
         except PlanError as exc:
             raise pytest.UsageError(f"pytest-parexec: {exc}") from None
-        if not self.plan.nodes and self.executor is not None:
-            # Workers started early for operations no selected test needs.
+        self.workers = self.settings.workers or auto_workers(self.plan.width, os.cpu_count() or 1)
+        if self.settings.mode == "auto":
+            self.mode, self.mode_reason = choose_mode(
+                self.plan, expected, self.workers, self.history.worker_start_s
+            )
+        else:
+            self.mode, self.mode_reason = self.settings.mode, f"--parexec={self.settings.mode}"
+        if (not self.plan.nodes or self.mode == "sequential") and self.executor is not None:
+            # Workers started early that this plan will not use.
             self.executor.close()
 
     def _needed_operations(self, items: list[pytest.Item]) -> dict[str, Operation]:
@@ -301,18 +339,29 @@ class ParexecSession:
             and not session.config.option.collectonly
             and not (session.testsfailed and not session.config.option.continue_on_collection_errors)
         ):
+            terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+            verbosity = self.config.get_verbosity()
+            progress = Progress(
+                terminal,
+                self.plan,
+                self.history.durations,
+                style=Progress.style_for(terminal, verbosity),
+                verbose=verbosity > 0,
+                workers=self.workers if self.mode == "parallel" else 0,
+                mode=self.mode,
+            )
+            progress.before()
             self.run = self._start(self.plan)
-            self.run.wait_all()
+            follow(self.run, progress)
         return (yield)
 
     def _start(self, plan: Plan) -> PlanRun:
         tasks = self._tasks()
-        if self.settings.mode == "sequential":
+        if self.mode == "sequential":
             self.runner = InProcessRunner(_call_in_process)
             return self.runner.submit(plan, tasks)
-        workers = self.settings.workers or auto_workers(plan.width, os.cpu_count() or 1)
         self.runner = self._executor()
-        return self.runner.submit(plan, tasks, workers=workers)
+        return self.runner.submit(plan, tasks, workers=self.workers)
 
     # -- values for fixtures (operations.ValueProvider) ------------------------
 
@@ -360,12 +409,22 @@ class ParexecSession:
                     self.teardown_errors.append(text)
             if self.teardown_errors and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        start_cost = self.executor.worker_start_s if self.executor is not None else None
         self.close()
         if self.run is not None and self.run.results:
             finished = self.run.finished_at or time.perf_counter()
-            self.report = build_report(self.run, self.settings.mode, finished - self.collected_at)
+            self.report = build_report(self.run, self.mode, self.mode_reason, finished - self.collected_at)
+            learned = {
+                name: result.attempts[-1].duration_s
+                for name, result in self.run.results.items()
+                if result.status.ok and result.attempts
+            }
+            self.history.learn(learned, start_cost)
+            self.history.save(getattr(self.config, "cache", None))
             if self.settings.report is not None:
                 write_json(self.report, self.settings.report)
+            if self.settings.trace is not None:
+                write_trace(self.report, self.settings.trace)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.report is not None and self.report["operations"]:

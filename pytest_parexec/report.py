@@ -10,10 +10,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypedDict
 
+from .advice import recommendations
 from .executor import OperationResult, PlanRun, Status
 from .planner import GROUP_ORDER, critical_path
 
-__all__ = ["REPORT_VERSION", "SUMMARY_TITLE", "Report", "build_report", "write_json", "write_summary"]
+__all__ = [
+    "REPORT_VERSION",
+    "SUMMARY_TITLE",
+    "Report",
+    "build_report",
+    "compute_phases",
+    "summary_lines",
+    "write_json",
+    "write_summary",
+    "write_text",
+]
 
 REPORT_VERSION: Final = 1
 SUMMARY_TITLE: Final = "parallel execution summary"
@@ -51,6 +62,7 @@ class OperationReport(TypedDict):
     end_s: float | None
     duration_s: float | None
     depends: list[str]
+    expected_s: float | None
     error: str | None
     blocked_by: str | None
     teardown_error: str | None
@@ -60,6 +72,7 @@ class OperationReport(TypedDict):
 class Report(TypedDict):
     version: int
     mode: str
+    mode_reason: str
     workers: int
     setup_s: float
     wall_s: float
@@ -71,13 +84,16 @@ class Report(TypedDict):
     counts: dict[str, int]
     phases: list[PhaseReport]
     operations: list[OperationReport]
+    recommendations: list[str]
 
 
 def _r(value: float) -> float:
     return round(value, 4)
 
 
-def _operation(name: str, group: str, depends: Sequence[str], result: OperationResult) -> OperationReport:
+def _operation(
+    name: str, group: str, depends: Sequence[str], expected: float | None, result: OperationResult
+) -> OperationReport:
     last = result.last
     return {
         "name": name,
@@ -91,6 +107,7 @@ def _operation(name: str, group: str, depends: Sequence[str], result: OperationR
         "end_s": _r(last.end_s) if last else None,
         "duration_s": _r(last.duration_s) if last else None,
         "depends": list(depends),
+        "expected_s": _r(expected) if expected is not None else None,
         "error": result.error,
         "blocked_by": result.blocked_by,
         "teardown_error": result.teardown_error,
@@ -115,13 +132,38 @@ def _overlap(intervals: list[tuple[float, float]]) -> bool:
     return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(intervals))
 
 
-def build_report(run: PlanRun, mode: str, setup_s: float) -> Report:
+def compute_phases(run: PlanRun) -> list[PhaseReport]:
+    """Each group as a phase: its operations, whether they overlapped, its span."""
+    plan, results = run.plan, run.results
+    groups = [*GROUP_ORDER, *sorted({n.group for n in plan.nodes.values()} - set(GROUP_ORDER))]
+    phases: list[PhaseReport] = []
+    for group in groups:
+        members = [n for n in plan.order if plan.nodes[n].group == group and n in results]
+        if not members:
+            continue
+        spans = [(a.start_s, a.end_s) for name in members for a in results[name].attempts]
+        start = min((s for s, _ in spans), default=None)
+        end = max((e for _, e in spans), default=None)
+        phases.append(
+            {
+                "group": group,
+                "kind": "parallel" if _overlap(list(spans)) else "sequential",
+                "operations": members,
+                "start_s": _r(start) if start is not None else None,
+                "end_s": _r(end) if end is not None else None,
+                "duration_s": _r(end - start) if start is not None and end is not None else 0.0,
+            }
+        )
+    return phases
+
+
+def build_report(run: PlanRun, mode: str, mode_reason: str, setup_s: float) -> Report:
     """Everything the summary, the JSON report and the trace show, from one run."""
     plan = run.plan
     results = run.results
     operations = [
-        _operation(name, plan.nodes[name].group, plan.nodes[name].depends, results[name])
-        for name in plan.order
+        _operation(name, node.group, node.depends, node.expected_s, results[name])
+        for name, node in ((n, plan.nodes[n]) for n in plan.order)
         if name in results
     ]
     attempts = [a for r in results.values() for a in r.attempts]
@@ -131,31 +173,15 @@ def build_report(run: PlanRun, mode: str, setup_s: float) -> Report:
     durations = {n: r.last.duration_s for n, r in results.items() if r.status.ok and r.last}
     path, path_s = critical_path({n: plan.nodes[n].depends for n in durations}, durations)
 
-    phases: list[PhaseReport] = []
-    for group in [*GROUP_ORDER, *sorted({n.group for n in plan.nodes.values()} - set(GROUP_ORDER))]:
-        members = [op for op in operations if op["group"] == group]
-        if not members:
-            continue
-        spans = [(a.start_s, a.end_s) for op in members for a in results[op["name"]].attempts]
-        start = min((s for s, _ in spans), default=None)
-        end = max((e for _, e in spans), default=None)
-        phases.append(
-            {
-                "group": group,
-                "kind": "parallel" if _overlap(list(spans)) else "sequential",
-                "operations": [op["name"] for op in members],
-                "start_s": _r(start) if start is not None else None,
-                "end_s": _r(end) if end is not None else None,
-                "duration_s": _r(end - start) if start is not None and end is not None else 0.0,
-            }
-        )
+    phases = compute_phases(run)
     counts = {status.value: 0 for status in Status}
     for result in results.values():
         counts[result.status.value] += 1
     counts["retried"] = sum(1 for r in results.values() if len(r.attempts) > 1)
-    return {
+    report: Report = {
         "version": REPORT_VERSION,
         "mode": mode,
+        "mode_reason": mode_reason,
         "workers": run.workers,
         "setup_s": _r(setup_s),
         "wall_s": _r(wall),
@@ -167,21 +193,28 @@ def build_report(run: PlanRun, mode: str, setup_s: float) -> Report:
         "counts": counts,
         "phases": phases,
         "operations": operations,
+        "recommendations": [],
     }
+    report["recommendations"] = recommendations(report)
+    return report
 
 
-def write_json(report: Mapping[str, Any], path: Path) -> None:
-    """Write ``report`` to ``path`` atomically: readers never see half a file."""
+def write_text(path: Path, text: str) -> None:
+    """Write ``path`` atomically (a temporary file, then a rename): never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=2)
-            stream.write("\n")
+            stream.write(text)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_json(report: Mapping[str, Any], path: Path) -> None:
+    """Write ``report`` to ``path`` as JSON, atomically."""
+    write_text(path, json.dumps(report, indent=2) + "\n")
 
 
 def summary_lines(report: Report) -> list[str]:
@@ -194,7 +227,9 @@ def summary_lines(report: Report) -> list[str]:
     total = len(report["operations"])
     workers = report["workers"]
     where = f"on {workers} worker{'s' * (workers != 1)}" if workers else "in the pytest process"
-    lines.append(f"{total} operation{'s' * (total != 1)} {where} ({report['mode']} mode)")
+    lines.append(
+        f"{total} operation{'s' * (total != 1)} {where} ({report['mode']} mode: {report['mode_reason']})"
+    )
     lines.append(f"sequential estimate: {report['sequential_s']:.2f}s")
     lines.append(f"parallel actual: {report['wall_s']:.2f}s")
     lines.append(f"time saved: {report['saved_s']:.2f}s (efficiency {report['efficiency'] * 100:.0f}%)")
@@ -205,6 +240,7 @@ def summary_lines(report: Report) -> list[str]:
     trouble = {k: counts[k] for k in ("failed", "recovered", "skipped", "retried") if counts.get(k)}
     if trouble:
         lines.append("outcomes: " + ", ".join(f"{v} {k}" for k, v in trouble.items()))
+    lines.extend(f"advice: {line}" for line in report["recommendations"])
     return lines
 
 
