@@ -1,12 +1,14 @@
 """pytest-parexec: run a test session's expensive setup in parallel.
 
-Mark session setup fixtures with :func:`batchable`; ``pytest -p parexec`` plans
-the operations the selected tests need and runs them on worker processes.
+Mark session setup fixtures with :func:`batchable` and test generators with
+:func:`generator`; ``pytest -p parexec`` plans the operations the selected tests
+need and runs them on worker processes.
 """
 
 from __future__ import annotations
 
 from .executor import Status
+from .generators import generator
 from .operations import GROUPS, ParexecError, batchable, infer_group
 from .planner import PlanError
 from .remote import EncodeError
@@ -21,5 +23,6 @@ __all__ = [
     "Status",
     "__version__",
     "batchable",
+    "generator",
     "infer_group",
 ]

@@ -17,6 +17,7 @@ import queue
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, final
 
@@ -84,6 +85,11 @@ class Task:
     retries: int
     timeout: float | None
     function: Callable[..., Any] | None = None
+    #: Fixed keyword arguments (encoded), e.g. a generator's ``source``.
+    constants: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    #: Called with the encoded arguments before running; True means the operation's
+    #: work is already done and it finishes as up-to-date without running.
+    precheck: Callable[[Mapping[str, object]], bool] | None = None
 
 
 @final
@@ -194,15 +200,20 @@ class _Worker:
 class PlanRun:
     """The results of a plan as they arrive; safe to wait on from any thread."""
 
-    def __init__(self, plan: Plan, workers: int) -> None:
+    def __init__(self, plan: Plan, workers: int, prior: PlanRun | None = None) -> None:
         self.plan = plan
         self.workers = workers
         self.results: dict[str, OperationResult] = {}
-        self.started_at = time.perf_counter()
+        #: A plan that continues ``prior`` shares its clock and starts with its results.
+        self.started_at: float = prior.started_at if prior is not None else time.perf_counter()
         self.finished_at: float | None = None
         #: Every start, finish and result, in order, for the live display.
         self.events: queue.Queue[ProgressEvent] = queue.Queue()
         self._cond = threading.Condition()
+        if prior is not None:
+            for name, result in prior.results.items():
+                if name in plan.nodes:
+                    self._set(result)
 
     def now(self) -> float:
         return time.perf_counter() - self.started_at
@@ -266,6 +277,18 @@ class Executor:
         #: Seconds from asking for each worker until it was ready to work.
         self.start_durations: list[float] = []
         self.run: PlanRun | None = None
+        self.tasks: dict[str, Task] = {}
+        # Everything below is owned by the scheduler thread.
+        self.pending_teardowns: list[tuple[list[str], threading.Event]] = []
+        self.retry_queue: list[str] = []
+        self.attempt_counts: dict[str, int] = {}
+        self.failures: dict[str, list[Attempt]] = {}
+        self.started_ops: set[str] = set()
+        #: The id of the worker being started for the next retry.
+        self.fresh: str | None = None
+        #: The operation whose retry is running (alone).
+        self.retrying: str | None = None
+        self.cancelled = False
         self._spawn_queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._spawn_thread = threading.Thread(target=self._spawner, name="parexec-spawner", daemon=True)
         self._spawn_thread.start()
@@ -287,9 +310,15 @@ class Executor:
         """Start up to ``count`` workers now, so they are ready when the plan is."""
         self.events.put((_Event.SUBMIT, ("warm", count)))
 
-    def submit(self, plan: Plan, tasks: Mapping[str, Task], workers: int) -> PlanRun:
-        """Run ``plan`` on up to ``workers`` workers in the background; return its results as they come."""
-        run = PlanRun(plan, workers)
+    def submit(
+        self, plan: Plan, tasks: Mapping[str, Task], workers: int, prior: PlanRun | None = None
+    ) -> PlanRun:
+        """Run ``plan`` on up to ``workers`` workers in the background; return its results as they come.
+
+        With ``prior`` (an earlier plan of this session, finished), the operations
+        it ran keep their results and their values feed this plan's operations.
+        """
+        run = PlanRun(plan, workers, prior)
         self.events.put((_Event.SUBMIT, ("plan", run, dict(tasks))))
         return run
 
@@ -318,17 +347,6 @@ class Executor:
     # -- the scheduler thread ------------------------------------------------
 
     def _loop(self) -> None:
-        self.tasks: dict[str, Task] = {}
-        self.pending_teardowns: list[tuple[list[str], threading.Event]] = []
-        self.retry_queue: list[str] = []
-        self.attempt_counts: dict[str, int] = {}
-        self.failures: dict[str, list[Attempt]] = {}
-        self.started_ops: set[str] = set()
-        #: The id of the worker being started for the next retry.
-        self.fresh: str | None = None
-        #: The operation whose retry is running (alone).
-        self.retrying: str | None = None
-        self.cancelled = False
         try:
             while True:
                 timeout = self._next_timeout()
@@ -343,8 +361,30 @@ class Executor:
                 self._handle(kind, payload)
                 self._expire_deadlines()
                 self._step()
+        except Exception:  # noqa: BLE001 - a bug here must fail the plan, never hang it
+            self._crashed(traceback.format_exc())
         finally:
             self._shutdown()
+
+    def _crashed(self, error: str) -> None:
+        """The scheduler hit a bug: fail what is pending, answer every request until closed."""
+        reason = f"internal error in pytest-parexec's scheduler (please report it):\n{error}"
+        run = self.run
+        if run is not None:
+            for name in run.plan.order:
+                if name not in run.results:
+                    run._set(OperationResult(name=name, status=Status.FAILED, error=reason, message=reason))
+        while True:
+            for _, event in self.pending_teardowns:
+                event.set()
+            self.pending_teardowns.clear()
+            kind, payload = self.events.get()
+            if kind is _Event.CLOSE:
+                return
+            if kind is _Event.TEARDOWN:
+                payload[1].set()
+            elif kind is _Event.READY:
+                self._on_ready(payload)
 
     def _handle(self, kind: _Event, payload: Any) -> None:
         match kind:
@@ -399,12 +439,15 @@ class Executor:
             return
         _, run, tasks = payload
         self.run = run
-        self.tasks = tasks
+        self.tasks.update(tasks)
+        self.started_ops.update(run.results)
+        for name, result in list(run.results.items()):
+            if not result.status.ok:
+                self._skip_descendants(run, name)
         self.max_workers = run.workers
         # Workers warmed up beyond what this plan can use are stopped unused.
         for worker in self.idle[run.workers :]:
             self._kill(worker)
-        run.started_at = time.perf_counter()
 
     # -- workers ---------------------------------------------------------------
 
@@ -593,13 +636,31 @@ class Executor:
             if self.retrying is None:
                 self._dispatch_retry(run)
             return
-        ready = run.plan.ready(run.results, self.started_ops)
+        ready = self._ready(run)
         while ready and self.idle:
             self._send_run(self.idle.pop(0), ready.pop(0))
         if ready:
             self._grow(min(self.max_workers, len(self._running()) + len(ready)))
         if ready and not self._live() and self.starting == 0:
             self._fail_unrunnable(run)
+
+    def _ready(self, run: PlanRun) -> list[str]:
+        """Ready operations, after finishing those whose precheck says they are up to date."""
+        while True:
+            ready = run.plan.ready(run.results, self.started_ops)
+            fresh = [n for n in ready if self._up_to_date(run, n)]
+            if not fresh:
+                return ready
+            for name in fresh:
+                self.started_ops.add(name)
+                run._set(OperationResult(name=name, status=Status.UP_TO_DATE))
+
+    def _args(self, run: PlanRun, task: Task) -> dict[str, object]:
+        return {**{p: run.results[p].value for p in task.params}, **task.constants}
+
+    def _up_to_date(self, run: PlanRun, name: str) -> bool:
+        task = self.tasks[name]
+        return task.precheck is not None and task.precheck(self._args(run, task))
 
     def _dispatch_retry(self, run: PlanRun) -> None:
         """A retry runs alone, on a fresh worker, once everything else has finished."""
@@ -638,8 +699,7 @@ class Executor:
     def _send_run(self, worker: _Worker, name: str) -> None:
         assert self.run is not None
         task = self.tasks[name]
-        results = self.run.results
-        args = {param: results[param].value for param in task.params}
+        args = self._args(self.run, task)
         self.started_ops.add(name)
         self.attempt_counts[name] = self.attempt_counts.get(name, 0) + 1
         worker.running = name
@@ -732,6 +792,10 @@ class Executor:
         run._set(
             OperationResult(name=name, status=Status.FAILED, attempts=attempts, error=error, message=message)
         )
+        self._skip_descendants(run, name)
+
+    def _skip_descendants(self, run: PlanRun, name: str) -> None:
+        root = run.results[name].blocked_by or name
         for child in run.plan.descendants(name):
             if child not in run.results:
                 self.started_ops.add(child)
@@ -739,8 +803,8 @@ class Executor:
                     OperationResult(
                         name=child,
                         status=Status.SKIPPED,
-                        blocked_by=name,
-                        message=f"not run: its dependency {name!r} failed",
+                        blocked_by=root,
+                        message=f"not run: its dependency {root!r} failed",
                     )
                 )
 
@@ -754,8 +818,10 @@ class Executor:
             self.pending_teardowns.clear()
             return
         for names, event in list(self.pending_teardowns):
-            wanted = set(names)
-            for name in names:
+            # Names of other plans (run by another runner) are not this executor's to tear down.
+            mine = [n for n in names if n in run.plan.nodes]
+            wanted = set(mine)
+            for name in mine:
                 wanted.update(run.plan.descendants(name))
             held = {n: w for w in self._live() for n in w.holds}
             remaining = [n for n in wanted if n in held]
@@ -832,9 +898,11 @@ class InProcessRunner:
         self.states: dict[str, Any] = {}
         self.run: PlanRun | None = None
 
-    def submit(self, plan: Plan, tasks: Mapping[str, Task]) -> PlanRun:
-        run = self.run = PlanRun(plan, workers=0)
+    def submit(self, plan: Plan, tasks: Mapping[str, Task], prior: PlanRun | None = None) -> PlanRun:
+        run = self.run = PlanRun(plan, workers=0, prior=prior)
         for name in plan.order:
+            if name in run.results:
+                continue
             task = tasks[name]
             blocked = next((d for d in plan.nodes[name].depends if not run.results[d].status.ok), None)
             if blocked is not None:
@@ -848,12 +916,18 @@ class InProcessRunner:
                     )
                 )
                 continue
+            if task.precheck is not None and task.precheck(
+                {**{p: run.results[p].value for p in task.params}, **task.constants}
+            ):
+                run._set(OperationResult(name=name, status=Status.UP_TO_DATE))
+                continue
             run._set(self._run_one(run, task))
         return run
 
     def _run_one(self, run: PlanRun, task: Task) -> OperationResult:
         attempts: list[Attempt] = []
         kwargs = {p: remote.decode(run.results[p].value) for p in task.params}
+        kwargs.update({k: remote.decode(v) for k, v in task.constants.items()})
         while True:
             start = time.perf_counter()
             number = len(attempts) + 1
@@ -912,7 +986,7 @@ class InProcessRunner:
     def teardown(self, names: Iterable[str]) -> None:
         if self.run is None:
             return
-        wanted = set(names)
+        wanted = {n for n in names if n in self.run.plan.nodes}
         for name in list(wanted):
             wanted.update(self.run.plan.descendants(name))
         for name in self.run.plan.teardown_order():

@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 import math
 import re
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar, final, overload
 
@@ -82,6 +82,10 @@ class Operation:
     retries: int | None
     timeout: float | None
     is_generator: bool
+    #: Fixed keyword arguments: a generator operation's ``source``, a command's text.
+    constants: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    #: "batchable", "generator" or "command".
+    kind: str = "batchable"
 
     @property
     def depends(self) -> tuple[str, ...]:
@@ -130,40 +134,47 @@ PROVIDER_KEY: Final = pytest.StashKey["ValueProvider"]()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _check_function(func: Callable[..., Any], name: str) -> tuple[tuple[str, ...], bool]:
-    """Refuse functions a worker cannot import or call; return (params, wants_tmp_path)."""
-    where = f"@batchable {func.__qualname__!r} in {func.__module__}"
+def check_function(
+    func: Callable[..., Any], decorator: str, special: tuple[str, ...]
+) -> tuple[tuple[str, ...], set[str]]:
+    """Refuse functions a worker cannot import or call.
+
+    Return the parameters that name other operations, and which of the
+    ``special`` parameter names (tmp_path, source) the function takes.
+    """
+    where = f"{decorator} {func.__qualname__!r} in {func.__module__}"
     if not inspect.isfunction(func):
-        raise ParexecError(f"{where}: @batchable decorates functions, got {type(func).__name__}")
+        raise ParexecError(f"{where}: {decorator} decorates functions, got {type(func).__name__}")
     if func.__name__ == "<lambda>" or func.__qualname__ != func.__name__:
         raise ParexecError(
-            f"{where}: batchable functions must be module-level functions, because "
+            f"{where}: {decorator} functions must be module-level functions, because "
             "worker processes import them by module and name; move it to the top level "
             "of a conftest.py, a test module or an importable module"
         )
     if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
         raise ParexecError(f"{where}: async functions are not supported; use a plain def")
     params: list[str] = []
-    wants_tmp_path = False
+    specials: set[str] = set()
+    allowed = " or ".join(special)
     for param in inspect.signature(func).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
             raise ParexecError(
                 f"{where}: parameter {param.name!r} is {param.kind.description}; each "
-                "parameter must name another batchable operation, or be tmp_path"
+                f"parameter must name another batchable operation, or be {allowed}"
             )
-        if param.name == TMP_PATH:
-            wants_tmp_path = True
+        if param.name in special:
+            specials.add(param.name)
         elif param.name == "request":
             raise ParexecError(
-                f"{where}: 'request' cannot be a parameter; batchable functions run in "
-                "worker processes and take only other batchable operations and tmp_path"
+                f"{where}: 'request' cannot be a parameter; these functions run in worker "
+                f"processes and take only other batchable operations and {allowed}"
             )
         else:
             params.append(param.name)
-    return tuple(params), wants_tmp_path
+    return tuple(params), specials
 
 
-def _check_options(
+def check_options(
     where: str,
     group: str | None,
     after: Iterable[str],
@@ -193,7 +204,7 @@ def _check_options(
     return after_names
 
 
-def _make_fixture(op: Operation) -> Any:
+def make_fixture(op: Operation) -> Any:
     """Wrap ``op`` as a session fixture that asks the plugin for the value."""
     dependency_names = tuple(dep for dep in op.depends)
 
@@ -278,8 +289,9 @@ def batchable(
         where = f"@batchable {getattr(function, '__qualname__', function)!r}"
         if not inspect.isfunction(function):
             raise ParexecError(f"{where}: @batchable decorates functions, got {type(function).__name__}")
-        after_names = _check_options(where, group, after, name, retries, timeout)
-        params, wants_tmp_path = _check_function(function, name or function.__name__)
+        after_names = check_options(where, group, after, name, retries, timeout)
+        params, specials = check_function(function, "@batchable", (TMP_PATH,))
+        wants_tmp_path = TMP_PATH in specials
         op_name = name or function.__name__
         if op_name in params or op_name in after_names:
             raise ParexecError(f"{where}: operation {op_name!r} cannot depend on itself")
@@ -295,7 +307,7 @@ def batchable(
             timeout=float(timeout) if timeout is not None else None,
             is_generator=inspect.isgeneratorfunction(function),
         )
-        fixture = _make_fixture(op)
+        fixture = make_fixture(op)
         for listener in list(_definition_listeners):
             listener(op)
         return fixture

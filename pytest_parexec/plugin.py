@@ -7,20 +7,32 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
 import types
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any, Final, final
 
 import pytest
 
 from . import _compat, remote
-from .executor import Executor, InProcessRunner, OperationResult, PlanRun, Task, WorkerInit
+from .commands import CommandError, parse_commands
+from .executor import Executor, InProcessRunner, OperationResult, PlanRun, Status, Task, WorkerInit
+from .generators import (
+    FileRecord,
+    GeneratorSpec,
+    OutputError,
+    Written,
+    encoded_constants,
+    expand,
+    generator_spec,
+    on_generator_definition,
+)
 from .history import History
-from .operations import PROVIDER_KEY, TMP_PATH, Operation, on_definition, operation_of
+from .operations import PROVIDER_KEY, TMP_PATH, Operation, make_fixture, on_definition, operation_of
 from .planner import Node, Plan, PlanError, auto_workers, build_plan, choose_mode
 from .progress import Progress, follow
 from .report import Report, build_report, write_json, write_summary
@@ -104,6 +116,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="write the parallel execution summary as JSON to PATH",
     )
+    group.addoption(
+        "--parexec-regenerate",
+        dest="parexec_regenerate",
+        action="store_true",
+        default=False,
+        help="run every @generator, even those whose inputs did not change",
+    )
+    parser.addini(
+        "parexec_commands",
+        "setup commands, one per line: NAME [GROUP] (after A, B): COMMAND",
+        type="linelist",
+        default=[],
+    )
     parser.addini("parexec_mode", "default for --parexec: auto, parallel or sequential", default="auto")
     parser.addini("parexec_workers", "default for --parexec-workers: N or auto", default="auto")
     parser.addini(
@@ -125,6 +150,7 @@ class Settings:
     timeout: float | None
     report: Path | None
     trace: Path | None
+    regenerate: bool
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -155,12 +181,26 @@ class Settings:
             timeout=ini("parexec_timeout", _timeout_arg),
             report=Path(config.invocation_params.dir, report) if report else None,
             trace=Path(config.invocation_params.dir, trace) if trace else None,
+            regenerate=bool(config.option.parexec_regenerate),
         )
 
 
 @pytest.hookimpl(trylast=True)  # after tmpdir's, whose TempPathFactory the workers use
 def pytest_configure(config: pytest.Config) -> None:
-    session = ParexecSession(config, Settings.from_config(config))
+    try:
+        commands = [
+            dataclasses.replace(op, constants={**op.constants, "cwd": str(config.rootpath)})
+            for op in parse_commands(config.getini("parexec_commands"))
+        ]
+    except CommandError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if commands:
+        # pytest finds fixtures on registered plugins: one module holds the commands'.
+        fixtures = types.ModuleType("pytest_parexec_commands")
+        for op in commands:
+            setattr(fixtures, op.name, make_fixture(op))
+        config.pluginmanager.register(fixtures, "parexec-commands")
+    session = ParexecSession(config, Settings.from_config(config), commands)
     config.stash[_SESSION_KEY] = session
     config.stash[PROVIDER_KEY] = session
     config.pluginmanager.register(session, "parexec-session")
@@ -174,17 +214,28 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         del config.stash[PROVIDER_KEY]
 
 
-def _failure_message(name: str, result: OperationResult, results: dict[str, OperationResult]) -> str:
+#: How messages name each kind of operation.
+LABELS: Final = {
+    "batchable": "batchable operation",
+    "generator": "generator operation",
+    "command": "setup command",
+}
+
+
+def _failure_message(
+    name: str, result: OperationResult, results: Mapping[str, OperationResult], kinds: Mapping[str, str]
+) -> str:
+    label = LABELS[kinds.get(name, "batchable")]
     if result.blocked_by is not None:
         root = results[result.blocked_by]
         return (
-            f"batchable operation {name!r} did not run because its dependency "
-            f"{result.blocked_by!r} failed:\n" + _failure_message(result.blocked_by, root, results)
+            f"{label} {name!r} did not run because its dependency {result.blocked_by!r} failed:\n"
+            + _failure_message(result.blocked_by, root, results, kinds)
         )
     last = result.last
     where = f" on {last.worker} (pid {last.pid})" if last else ""
     tries = f" after {len(result.attempts)} attempts" if len(result.attempts) > 1 else ""
-    text = f"batchable operation {name!r} failed{where}{tries}:\n{(result.error or '').rstrip()}"
+    text = f"{label} {name!r} failed{where}{tries}:\n{(result.error or '').rstrip()}"
     if last is not None and last.output.strip():
         text += f"\n----- captured output of {name!r} -----\n{last.output.rstrip()}"
     return text
@@ -197,11 +248,22 @@ _SESSION_KEY: Final = pytest.StashKey["ParexecSession"]()
 class ParexecSession:
     """One pytest session's batchable operations: plan, runner, results, report."""
 
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings, commands: list[Operation]) -> None:
         self.config = config
         self.settings = settings
+        self.commands = {op.name: op for op in commands}
+        #: Generators run before collection (their run continues into the main one).
+        self.pre_run: PlanRun | None = None
+        self.pre_runner: Executor | InProcessRunner | None = None
+        self.generated: dict[str, Written] = {}
+        self.generator_failures: list[tuple[str, str]] = []
+        self.late_generators: list[GeneratorSpec] = []
+        self.collecting = False
+        self.pre_mode: str | None = None
         self.executor: Executor | None = None
         self.runner: Executor | InProcessRunner | None = None
+        self.all_ops: dict[str, Operation] = {}
+        self.pre_ops: dict[str, Operation] = {}
         self.definitions = 0
         self.operations: dict[str, Operation] = {}
         self.plan: Plan | None = None
@@ -214,7 +276,10 @@ class ParexecSession:
         self.report: Report | None = None
         self.teardown_errors: list[str] = []
         self._values: dict[str, object] = {}
-        self._unsubscribe = on_definition(self._on_definition)
+        self._subscriptions = [
+            on_definition(self._on_definition),
+            on_generator_definition(self._on_generator),
+        ]
         for plugin in config.pluginmanager.get_plugins():
             # conftest.py files load before pytest_configure: count what they defined.
             if isinstance(plugin, types.ModuleType):
@@ -233,6 +298,10 @@ class ParexecSession:
         limit = self.settings.workers or auto_workers(self.definitions, os.cpu_count() or 1)
         self._executor().warm(min(self.definitions, limit))
 
+    def _on_generator(self, spec: GeneratorSpec) -> None:
+        if self.collecting:
+            self.late_generators.append(spec)
+
     def _executor(self) -> Executor:
         if self.executor is None:
             factory = _compat.tmp_path_factory(self.config)
@@ -247,31 +316,162 @@ class ParexecSession:
             self.executor = Executor(init, max_workers=self.settings.workers or 1)
         return self.executor
 
+    # -- generators, before collection ------------------------------------------
+
+    def _loaded_modules(self) -> list[types.ModuleType]:
+        """conftest.py files and plugin modules pytest has loaded so far."""
+        return [p for p in self.config.pluginmanager.get_plugins() if isinstance(p, types.ModuleType)]
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_collection(self, session: pytest.Session) -> Generator[None, object, object]:
+        self._generate()
+        self.collecting = True
+        return (yield)
+
+    def _generate(self) -> None:
+        """Run the generators (and the operations they need) so that collection sees their files."""
+        specs: dict[str, GeneratorSpec] = {}
+        known: dict[str, Operation] = dict(self.commands)
+        for module in self._loaded_modules():
+            for value in list(vars(module).values()):
+                spec = generator_spec(value)
+                if spec is not None:
+                    specs.setdefault(spec.name, spec)
+                op = operation_of(value)
+                if op is not None:
+                    known.setdefault(op.name, op)
+        if not specs:
+            return
+        rootdir = self.config.rootpath
+        ops: dict[str, Operation] = {}
+        owner: dict[str, GeneratorSpec] = {}
+        for spec in specs.values():
+            for op in expand(spec, rootdir):
+                ops[op.name] = op
+                owner[op.name] = spec
+        pending = list(ops.values())
+        while pending:
+            op = pending.pop()
+            for dep in op.depends:
+                if dep in ops:
+                    continue
+                if dep not in known:
+                    raise pytest.UsageError(
+                        f"pytest-parexec: parameter {dep!r} of {op.kind} {op.name!r} is not a batchable "
+                        "operation defined in a conftest.py loaded at start-up or a plugin; generator "
+                        "parameters name @batchable operations (or source)"
+                    )
+                ops[dep] = known[dep]
+                pending.append(known[dep])
+        self.history = History.load(getattr(self.config, "cache", None))
+        plan = self._build(ops)
+        record = FileRecord.load(getattr(self.config, "cache", None), rootdir)
+        prechecks: dict[str, Callable[[Mapping[str, object]], bool]] = {}
+        if not self.settings.regenerate:
+            for name, spec in owner.items():
+                op = ops[name]
+                prechecks[name] = functools.partial(_precheck, record, op, spec)
+        mode, _ = self._choose(plan, set())
+        self.pre_mode = mode
+        self.pre_runner = self._runner(mode)
+        self.pre_ops = ops
+        self.pre_run = self._run(self.pre_runner, plan, ops, prechecks, mode, prior=None)
+        self._write_outputs(record, owner, ops)
+        record.save(getattr(self.config, "cache", None))
+
+    def _write_outputs(
+        self, record: FileRecord, owner: Mapping[str, GeneratorSpec], ops: Mapping[str, Operation]
+    ) -> None:
+        assert self.pre_run is not None
+        results = self.pre_run.results
+        failed: dict[str, set[str]] = {}
+        for name, spec in owner.items():
+            result = results[name]
+            if result.status is Status.UP_TO_DATE:
+                self.generated[name] = Written(unchanged=record.keep(name))
+                continue
+            if not result.status.ok:
+                failed.setdefault(spec.name, set()).add(name)
+                self.generator_failures.append((name, _failure_message(name, result, results, self._kinds())))
+                continue
+            args = {p: results[p].value for p in spec.params}
+            try:
+                outputs = record.check(spec, name, remote.decode(result.value))
+                self.generated[name] = record.write(
+                    spec, name, outputs, record.inputs_key(ops[name], spec, args)
+                )
+            except (OutputError, OSError) as exc:
+                # Nothing of this operation was written: it counts as a failed generator.
+                result.status, result.error, result.message = Status.FAILED, str(exc), str(exc)
+                failed.setdefault(spec.name, set()).add(name)
+                self.generator_failures.append((name, str(exc)))
+        for spec in {id(s): s for s in owner.values()}.values():
+            mine = {n for n, s in owner.items() if s is spec}
+            deleted = record.delete_stale(spec, mine, failed.get(spec.name, set()))
+            if deleted:
+                first = min(mine, default=None)
+                if first is not None:
+                    self.generated.setdefault(first, Written()).deleted.extend(deleted)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
+        """A failed generator is an error in the test report; every other test still runs."""
+        failures = [
+            GeneratorFailure.from_parent(session, name=name, message=message)
+            for name, message in self.generator_failures
+        ]
+        items[:0] = failures
+
     # -- the plan ------------------------------------------------------------
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.collected_at = time.perf_counter()
-        self.operations = self._needed_operations(session.items)
-        if self.operations:
+        if self.late_generators:
+            spec = self.late_generators[0]
+            raise pytest.UsageError(
+                f"pytest-parexec: generator {spec.name!r} is defined in {spec.file}, which pytest "
+                "imports only during collection, after generators have run. Move it to the "
+                "rootdir's conftest.py (or one beside the paths given on the command line), "
+                "or into a plugin module"
+            )
+        tests = [item for item in session.items if not isinstance(item, GeneratorFailure)]
+        self.operations = self._needed_operations(tests)
+        if tests:
+            # Setup commands run in every session that runs a test.
+            self.operations.update(self.commands)
+        ops = {**self.pre_ops, **self.operations} if self.operations else {}
+        if ops and self.pre_run is None:  # _generate loaded it already otherwise
             self.history = History.load(getattr(self.config, "cache", None))
+        self.plan = self._build(ops)
+        self.all_ops = ops
+        done = set(self.pre_run.results) if self.pre_run is not None else set()
+        self.mode, self.mode_reason = self._choose(self.plan, done)
+        unused = not self.plan.nodes or self.mode == "sequential"
+        if unused and self.executor is not None and self.pre_runner is not self.executor:
+            # Workers started early that this plan will not use.
+            self.executor.close()
+
+    def _build(self, ops: Mapping[str, Operation]) -> Plan:
         expected = self.history.durations
         try:
-            self.plan = build_plan(
-                Node(op.name, op.group, op.depends, expected.get(op.name)) for op in self.operations.values()
+            return build_plan(
+                Node(op.name, op.group, op.depends, expected.get(op.name)) for op in ops.values()
             )
         except PlanError as exc:
             raise pytest.UsageError(f"pytest-parexec: {exc}") from None
-        self.workers = self.settings.workers or auto_workers(self.plan.width, os.cpu_count() or 1)
-        if self.settings.mode == "auto":
-            self.mode, self.mode_reason = choose_mode(
-                self.plan, expected, self.workers, self.history.worker_start_s
-            )
-        else:
-            self.mode, self.mode_reason = self.settings.mode, f"--parexec={self.settings.mode}"
-        if (not self.plan.nodes or self.mode == "sequential") and self.executor is not None:
-            # Workers started early that this plan will not use.
-            self.executor.close()
+
+    def _choose(self, plan: Plan, done: set[str]) -> tuple[str, str]:
+        """The mode for the operations of ``plan`` not yet ``done``, and why."""
+        if self.settings.mode != "auto":
+            return self.settings.mode, f"--parexec={self.settings.mode}"
+        todo = build_plan(
+            Node(n, node.group, tuple(d for d in node.depends if d not in done), node.expected_s)
+            for n, node in plan.nodes.items()
+            if n not in done
+        )
+        self.workers = self.settings.workers or auto_workers(todo.width, os.cpu_count() or 1)
+        return choose_mode(todo, self.history.durations, self.workers, self.history.worker_start_s)
 
     def _needed_operations(self, items: list[pytest.Item]) -> dict[str, Operation]:
         found: dict[str, Operation] = {}
@@ -313,11 +513,17 @@ class ParexecSession:
                 )
         return found
 
-    def _tasks(self) -> dict[str, Task]:
+    def _tasks(
+        self, ops: Mapping[str, Operation], prechecks: Mapping[str, Callable[[Mapping[str, object]], bool]]
+    ) -> dict[str, Task]:
         factory = _compat.tmp_path_factory(self.config)
         tasks = {}
-        for name, op in self.operations.items():
-            tmp = factory.mktemp(f"parexec-{name}", numbered=True) if op.wants_tmp_path else None
+        for name, op in ops.items():
+            tmp = (
+                factory.mktemp(f"parexec-{op.function.__name__}", numbered=True)
+                if op.wants_tmp_path
+                else None
+            )
             tasks[name] = Task(
                 name=name,
                 module=op.module,
@@ -328,6 +534,8 @@ class ParexecSession:
                 retries=op.retries if op.retries is not None else self.settings.retries,
                 timeout=op.timeout if op.timeout is not None else self.settings.timeout,
                 function=op.function,
+                constants=encoded_constants(op),
+                precheck=prechecks.get(name),
             )
         return tasks
 
@@ -339,41 +547,59 @@ class ParexecSession:
             and not session.config.option.collectonly
             and not (session.testsfailed and not session.config.option.continue_on_collection_errors)
         ):
-            terminal = self.config.pluginmanager.get_plugin("terminalreporter")
-            verbosity = self.config.get_verbosity()
-            progress = Progress(
-                terminal,
-                self.plan,
-                self.history.durations,
-                style=Progress.style_for(terminal, verbosity),
-                verbose=verbosity > 0,
-                workers=self.workers if self.mode == "parallel" else 0,
-                mode=self.mode,
-            )
-            progress.before()
-            self.run = self._start(self.plan)
-            follow(self.run, progress)
+            reuse = self.mode == "sequential" and isinstance(self.pre_runner, InProcessRunner)
+            self.runner = self.pre_runner if reuse else self._runner(self.mode)
+            assert self.runner is not None
+            self.run = self._run(self.runner, self.plan, self.all_ops, {}, self.mode, prior=self.pre_run)
         return (yield)
 
-    def _start(self, plan: Plan) -> PlanRun:
-        tasks = self._tasks()
-        if self.mode == "sequential":
-            self.runner = InProcessRunner(_call_in_process)
-            return self.runner.submit(plan, tasks)
-        self.runner = self._executor()
-        return self.runner.submit(plan, tasks, workers=self.workers)
+    def _runner(self, mode: str) -> Executor | InProcessRunner:
+        if mode == "sequential":
+            return InProcessRunner(_call_in_process)
+        return self._executor()
+
+    def _run(
+        self,
+        runner: Executor | InProcessRunner,
+        plan: Plan,
+        ops: Mapping[str, Operation],
+        prechecks: Mapping[str, Callable[[Mapping[str, object]], bool]],
+        mode: str,
+        prior: PlanRun | None,
+    ) -> PlanRun:
+        """Run ``plan``, showing its progress; return when every operation has a result."""
+        todo = {n: op for n, op in ops.items() if prior is None or n not in prior.results}
+        tasks = self._tasks(todo, prechecks)
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        verbosity = self.config.get_verbosity()
+        progress = Progress(
+            terminal,
+            plan,
+            self.history.durations,
+            style=Progress.style_for(terminal, verbosity),
+            verbose=verbosity > 0,
+            workers=self.workers if mode == "parallel" else 0,
+            mode=mode,
+        )
+        progress.before()
+        if isinstance(runner, InProcessRunner):
+            run = runner.submit(plan, tasks, prior=prior)
+        else:
+            run = runner.submit(plan, tasks, workers=self.workers, prior=prior)
+        follow(run, progress)
+        return run
 
     # -- values for fixtures (operations.ValueProvider) ------------------------
 
     def manages(self, op: Operation) -> bool:
-        return self.run is not None and op.name in self.run.plan.nodes and self.operations.get(op.name) is op
+        return self.run is not None and op.name in self.run.plan.nodes and self.all_ops.get(op.name) is op
 
     def value(self, op: Operation) -> object:
         __tracebackhide__ = True
         assert self.run is not None
         result = self.run.wait(op.name)
         if not result.status.ok:
-            pytest.fail(_failure_message(op.name, result, self.run.results), pytrace=False)
+            pytest.fail(_failure_message(op.name, result, self.run.results, self._kinds()), pytrace=False)
         if op.name not in self._values:
             self._values[op.name] = remote.decode(result.value)
         return self._values[op.name]
@@ -385,20 +611,33 @@ class ParexecSession:
         every other teardown error, in the summary (pytest would fold several
         into one exception group on the last test).
         """
-        if self.runner is not None and self.run is not None:
-            self.runner.teardown([op.name])
+        for runner in self._runners():
+            runner.teardown([op.name])
 
     # -- the end of the session ------------------------------------------------
 
+    def _kinds(self) -> dict[str, str]:
+        return {name: op.kind for name, op in {**self.pre_ops, **self.all_ops}.items()}
+
+    def _runners(self) -> list[Executor | InProcessRunner]:
+        """The runners holding teardowns: the main one first (its operations depend on the others')."""
+        runners: list[Executor | InProcessRunner] = []
+        for runner in (self.runner, self.pre_runner):
+            if runner is not None and runner not in runners:
+                runners.append(runner)
+        return runners
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.runner is not None and self.run is not None:
-            if not self.run.done and isinstance(self.runner, Executor):
-                # Interrupted (Ctrl-C, an internal error): stop what runs, keep what finished.
-                self.runner.cancel()
-            self.runner.teardown(self.run.plan.order)
-            for name in self.run.plan.teardown_order():
-                result = self.run.results.get(name)
+        last = self.run or self.pre_run
+        if last is not None:
+            for runner in self._runners():
+                if not last.done and isinstance(runner, Executor):
+                    # Interrupted (Ctrl-C, an internal error): stop what runs, keep what finished.
+                    runner.cancel()
+                runner.teardown(last.plan.order)
+            for name in last.plan.teardown_order():
+                result = last.results.get(name)
                 if result is not None and result.teardown_error:
                     text = (
                         f"teardown of batchable operation {name!r} failed:\n{result.teardown_error.rstrip()}"
@@ -411,12 +650,25 @@ class ParexecSession:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         start_cost = self.executor.worker_start_s if self.executor is not None else None
         self.close()
-        if self.run is not None and self.run.results:
-            finished = self.run.finished_at or time.perf_counter()
-            self.report = build_report(self.run, self.mode, self.mode_reason, finished - self.collected_at)
+        if last is not None and last.results:
+            finished = last.finished_at or time.perf_counter()
+            extras = {
+                name: {
+                    "files_written": done.written,
+                    "files_unchanged": done.unchanged,
+                    "files_deleted": done.deleted,
+                }
+                for name, done in self.generated.items()
+            }
+            reason = self.mode_reason
+            if self.pre_mode is not None and self.pre_mode != self.mode:
+                reason += f"; generators ran before collection in {self.pre_mode} mode"
+            self.report = build_report(
+                last, self.mode, reason, finished - self.collected_at, kinds=self._kinds(), extras=extras
+            )
             learned = {
                 name: result.attempts[-1].duration_s
-                for name, result in self.run.results.items()
+                for name, result in last.results.items()
                 if result.status.ok and result.attempts
             }
             self.history.learn(learned, start_cost)
@@ -431,11 +683,35 @@ class ParexecSession:
             write_summary(terminalreporter, self.report, self.teardown_errors)
 
     def close(self) -> None:
-        self._unsubscribe()
-        self._unsubscribe = lambda: None
+        for unsubscribe in self._subscriptions:
+            unsubscribe()
+        self._subscriptions = []
         for runner in (self.runner, self.executor):
             if runner is not None:
                 runner.close()
+
+
+def _precheck(record: FileRecord, op: Operation, spec: GeneratorSpec, args: Mapping[str, object]) -> bool:
+    """Executor precheck: is this generator operation's output already on disk, unchanged?"""
+    return record.up_to_date(op, spec, {p: args[p] for p in spec.params})
+
+
+@final
+class GeneratorFailure(pytest.Item):
+    """A failed generator operation, shown as an error in the test report."""
+
+    def __init__(self, *, message: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.message = message
+
+    def setup(self) -> None:
+        pytest.fail(self.message, pytrace=False)
+
+    def runtest(self) -> None:  # pragma: no cover - setup always fails
+        pytest.fail(self.message, pytrace=False)
+
+    def reportinfo(self) -> tuple[str, int | None, str]:
+        return ("parexec-generator", None, f"generator operation {self.name}")
 
 
 def _call_in_process(task: Task, kwargs: dict[str, object]) -> tuple[object, object]:

@@ -50,8 +50,12 @@ class AttemptReport(TypedDict):
     error: str | None
 
 
-class OperationReport(TypedDict):
+class OperationReport(TypedDict, total=False):
     name: str
+    kind: str
+    files_written: list[str]
+    files_unchanged: list[str]
+    files_deleted: list[str]
     group: str
     status: str
     attempts: int
@@ -157,15 +161,30 @@ def compute_phases(run: PlanRun) -> list[PhaseReport]:
     return phases
 
 
-def build_report(run: PlanRun, mode: str, mode_reason: str, setup_s: float) -> Report:
-    """Everything the summary, the JSON report and the trace show, from one run."""
+def build_report(
+    run: PlanRun,
+    mode: str,
+    mode_reason: str,
+    setup_s: float,
+    kinds: Mapping[str, str] | None = None,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Report:
+    """Everything the summary, the JSON report and the trace show, from one run.
+
+    ``kinds`` says which operations are generators or commands; ``extras`` adds
+    keys to operations (a generator's files_written, files_unchanged, files_deleted).
+    """
     plan = run.plan
     results = run.results
-    operations = [
-        _operation(name, node.group, node.depends, node.expected_s, results[name])
-        for name, node in ((n, plan.nodes[n]) for n in plan.order)
-        if name in results
-    ]
+    operations = []
+    for name in plan.order:
+        if name not in results:
+            continue
+        node = plan.nodes[name]
+        entry = _operation(name, node.group, node.depends, node.expected_s, results[name])
+        entry["kind"] = (kinds or {}).get(name, "batchable")
+        entry.update((extras or {}).get(name, {}))  # type: ignore[typeddict-item]
+        operations.append(entry)
     attempts = [a for r in results.values() for a in r.attempts]
     sequential = sum(a.duration_s for a in attempts)
     wall = (max(a.end_s for a in attempts) - min(a.start_s for a in attempts)) if attempts else 0.0
