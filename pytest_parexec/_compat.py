@@ -1,8 +1,9 @@
-"""The few places where pytest-parexec needs pytest internals, isolated here.
+"""The few places where pytest-parexec needs other code's internals, isolated here.
 
-pytest has no public API for either: which fixture definitions an item resolves
-(used by many plugins, e.g. pytest-django, through the same attribute), and the
-session's TempPathFactory outside of a fixture.
+pytest has no public API for which fixture definitions an item resolves (used by
+many plugins, e.g. pytest-django, through the same attribute), nor for the
+session's TempPathFactory outside of a fixture; pytest-cov none for whether it
+is measuring this session.
 """
 
 from __future__ import annotations
@@ -23,3 +24,9 @@ def tmp_path_factory(config: pytest.Config) -> pytest.TempPathFactory:
     """The session's TempPathFactory, the one the ``tmp_path_factory`` fixture returns."""
     factory: pytest.TempPathFactory = config._tmp_path_factory  # type: ignore[attr-defined]
     return factory
+
+
+def pytest_cov_active(config: pytest.Config) -> bool:
+    """Whether pytest-cov measures this session (and so combines data files itself)."""
+    plugin = config.pluginmanager.get_plugin("_cov")
+    return getattr(plugin, "cov_controller", None) is not None

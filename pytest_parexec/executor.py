@@ -41,6 +41,8 @@ __all__ = [
 
 #: How long a worker may take to start and answer its first message.
 START_TIMEOUT_S: Final = 60.0
+#: How long a remote worker (socket, ssh) may take to answer before it counts as unreachable.
+REMOTE_START_TIMEOUT_S: Final = 15.0
 #: How long shutdown waits for workers to stop by themselves before killing them.
 STOP_GRACE_S: Final = 2.0
 
@@ -69,6 +71,8 @@ class WorkerInit:
     scratch: str
     #: Modules to import while the worker waits for work (overlaps collection).
     preload: tuple[str, ...] = ()
+    #: When the pytest process is measured by coverage.py: how workers measure themselves.
+    coverage: Mapping[str, Any] | None = None
 
 
 @final
@@ -101,6 +105,7 @@ class Attempt:
     worker: str
     pid: int | None
     host: str | None
+    spec: str | None
     start_s: float
     end_s: float
     duration_s: float
@@ -130,6 +135,8 @@ class ProgressEvent:
     duration_s: float = 0.0
     #: For FINISHED: the attempt failed and another will follow.
     retrying: bool = False
+    #: For FINISHED: the failed attempt's error.
+    error: str | None = None
     #: For RESULT: the final status.
     status: Status | None = None
 
@@ -274,6 +281,8 @@ class Executor:
         self.started_total = 0
         self.start_errors: list[str] = []
         self._spawned_at: dict[str, float] = {}
+        #: Workers still starting: when they count as failed, and their spec.
+        self._start_deadlines: dict[str, tuple[float, str]] = {}
         #: Seconds from asking for each worker until it was ready to work.
         self.start_durations: list[float] = []
         self.run: PlanRun | None = None
@@ -466,6 +475,8 @@ class Executor:
         self.started_total += 1
         self.starting += 1
         self._spawned_at[worker_id] = time.perf_counter()
+        limit = START_TIMEOUT_S if _is_local(spec) else REMOTE_START_TIMEOUT_S
+        self._start_deadlines[worker_id] = (time.perf_counter() + limit, spec)
         self._spawn_queue.put((worker_id, spec))
         return worker_id
 
@@ -482,17 +493,29 @@ class Executor:
             if item is None:
                 return
             worker_id, spec = item
-            try:
-                gateway = self.group.makegateway(f"{spec}//id={worker_id}")
-            except BaseException as exc:  # noqa: BLE001 - reported through the queue
-                self.events.put((_Event.START_FAILED, (worker_id, spec, f"{type(exc).__name__}: {exc}")))
-                continue
-            threading.Thread(
-                target=self._handshake,
-                args=(worker_id, spec, gateway),
-                name=f"parexec-start-{worker_id}",
-                daemon=True,
-            ).start()
+            if _is_local(spec):
+                self._connect(worker_id, spec)
+            else:
+                # Nothing is forked for a remote worker, and connecting can block.
+                threading.Thread(
+                    target=self._connect,
+                    args=(worker_id, spec),
+                    name=f"parexec-connect-{worker_id}",
+                    daemon=True,
+                ).start()
+
+    def _connect(self, worker_id: str, spec: str) -> None:
+        try:
+            gateway = self.group.makegateway(f"{spec}//id={worker_id}")
+        except BaseException as exc:  # noqa: BLE001 - reported through the queue
+            self.events.put((_Event.START_FAILED, (worker_id, spec, f"{type(exc).__name__}: {exc}")))
+            return
+        threading.Thread(
+            target=self._handshake,
+            args=(worker_id, spec, gateway),
+            name=f"parexec-start-{worker_id}",
+            daemon=True,
+        ).start()
 
     def _handshake(self, worker_id: str, spec: str, gateway: Any) -> None:
         local = _is_local(spec)
@@ -529,6 +552,11 @@ class Executor:
         self.events.put((_Event.READY, worker))
 
     def _on_ready(self, worker: _Worker) -> None:
+        if self._start_deadlines.pop(worker.id, None) is None:
+            # It answered after its start deadline: it was counted as failed.
+            self.workers[worker.id] = worker
+            self._kill(worker)
+            return
         self.starting -= 1
         self.start_durations.append(time.perf_counter() - self._spawned_at[worker.id])
         self.workers[worker.id] = worker
@@ -539,6 +567,8 @@ class Executor:
 
     def _on_start_failed(self, payload: tuple[str, str, str]) -> None:
         worker_id, spec, error = payload
+        if self._start_deadlines.pop(worker_id, None) is None:
+            return  # already counted as failed at its deadline
         self.starting -= 1
         self.start_errors.append(f"worker {worker_id} ({spec}) could not start: {error}")
 
@@ -601,12 +631,21 @@ class Executor:
 
     def _next_timeout(self) -> float | None:
         deadlines = [w.deadline for w in self._live() if w.deadline is not None]
+        deadlines += [deadline for deadline, _ in self._start_deadlines.values()]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.perf_counter())
 
     def _expire_deadlines(self) -> None:
         now = time.perf_counter()
+        for worker_id, (deadline, spec) in list(self._start_deadlines.items()):
+            if now >= deadline:
+                del self._start_deadlines[worker_id]
+                self.starting -= 1
+                limit = START_TIMEOUT_S if _is_local(spec) else REMOTE_START_TIMEOUT_S
+                self.start_errors.append(
+                    f"worker {worker_id} ({spec}) could not start: no answer within {limit:g} seconds"
+                )
         for worker in self._live():
             if worker.deadline is not None and now >= worker.deadline and worker.running:
                 task = self.tasks[worker.running]
@@ -716,12 +755,23 @@ class Executor:
                 "id": f"{name}#{self.attempt_counts[name]}",
                 "name": name,
                 "module": task.module,
-                "file": task.file,
+                "file": task.file if worker.local else self._remote_path(task.file),
                 "attribute": task.attribute,
                 "args": args,
                 "tmp_path": task.tmp_path,
             }
         )
+
+    def _remote_path(self, path: str) -> str:
+        """A path under the rootdir as the remote worker sees it: relative to its chdir."""
+        try:
+            return (
+                os.path.relpath(path, self.init.cwd)
+                if os.path.commonpath([path, self.init.cwd]) == self.init.cwd
+                else path
+            )
+        except ValueError:
+            return path
 
     def _on_message(self, worker: _Worker, msg: Any) -> None:
         if msg is _LOST:
@@ -748,6 +798,7 @@ class Executor:
             worker=worker.id,
             pid=worker.pid,
             host=worker.host,
+            spec=worker.spec,
             start_s=worker.attempt_start - run.started_at,
             end_s=now - run.started_at,
             duration_s=float(msg.get("duration", now - worker.attempt_start)),
@@ -773,6 +824,7 @@ class Executor:
                 ok=attempt.ok,
                 duration_s=attempt.duration_s,
                 retrying=not attempt.ok and attempt.number <= task.retries and not self.cancelled,
+                error=attempt.error,
             )
         )
         if attempt.ok:
@@ -859,16 +911,22 @@ class Executor:
                 worker.channel.send({"kind": "stop"})
             except Exception:  # noqa: BLE001 - the channel may be closed already
                 pass
-        # Wait for workers still starting, then stop everything; kill what does not stop.
-        deadline = time.perf_counter() + START_TIMEOUT_S
-        while self.starting > 0 and time.perf_counter() < deadline:
+        # Wait for local workers still starting (to stop them), then stop everything;
+        # kill what does not stop. Remote starts are not waited for: nothing local is left.
+        local_starting = [d for d, spec in self._start_deadlines.values() if _is_local(spec)]
+        deadline = max(local_starting, default=time.perf_counter())
+        while (
+            any(_is_local(spec) for _, spec in self._start_deadlines.values())
+            and time.perf_counter() < deadline
+        ):
             try:
                 kind, payload = self.events.get(timeout=deadline - time.perf_counter())
             except queue.Empty:
                 break
             if kind is _Event.READY:
                 self._on_ready(payload)
-                payload.channel.send({"kind": "stop"})
+                if payload.alive:
+                    payload.channel.send({"kind": "stop"})
             elif kind is _Event.START_FAILED:
                 self._on_start_failed(payload)
         self._spawn_queue.put(None)
@@ -959,6 +1017,7 @@ class InProcessRunner:
                     ok=error is None,
                     duration_s=end - start,
                     retrying=error is not None and number <= task.retries,
+                    error=error,
                 )
             )
             attempts.append(
@@ -967,6 +1026,7 @@ class InProcessRunner:
                     worker="main",
                     pid=os.getpid(),
                     host=None,
+                    spec=None,
                     start_s=start - run.started_at,
                     end_s=end - run.started_at,
                     duration_s=end - start,

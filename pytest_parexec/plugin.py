@@ -18,9 +18,18 @@ from typing import Any, Final, final
 
 import pytest
 
-from . import _compat, remote
+from . import _compat, _coverage, hookspecs, remote
 from .commands import CommandError, parse_commands
-from .executor import Executor, InProcessRunner, OperationResult, PlanRun, Status, Task, WorkerInit
+from .executor import (
+    Executor,
+    InProcessRunner,
+    OperationResult,
+    PlanRun,
+    ProgressEvent,
+    Status,
+    Task,
+    WorkerInit,
+)
 from .generators import (
     FileRecord,
     GeneratorSpec,
@@ -32,11 +41,12 @@ from .generators import (
     on_generator_definition,
 )
 from .history import History
-from .operations import PROVIDER_KEY, TMP_PATH, Operation, make_fixture, on_definition, operation_of
+from .operations import GROUPS, PROVIDER_KEY, TMP_PATH, Operation, make_fixture, on_definition, operation_of
 from .planner import Node, Plan, PlanError, auto_workers, build_plan, choose_mode
 from .progress import Progress, follow
 from .report import Report, build_report, write_json, write_summary
 from .trace import write_trace
+from .views import AttemptView, PlanView
 
 MODES: Final = ("auto", "parallel", "sequential")
 DEFAULT_RETRIES: Final = 1
@@ -82,6 +92,22 @@ def _timeout_arg(value: str) -> float | None:
     return number
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _tx_specs(values: list[str]) -> list[str]:
+    """Expand execnet specs: ``3*popen`` is three popen workers."""
+    specs: list[str] = []
+    for value in values:
+        count, star, spec = value.partition("*")
+        if star and count.strip().isdigit():
+            specs.extend([spec.strip()] * int(count))
+        elif value.strip():
+            specs.append(value.strip())
+    return specs
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("parexec", "parallel session setup (pytest-parexec)")
     group.addoption(
@@ -117,12 +143,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the parallel execution summary as JSON to PATH",
     )
     group.addoption(
+        "--parexec-tx",
+        dest="parexec_tx",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="run operations on execnet gateways instead of local workers (repeatable): popen, "
+        "4*popen, popen//python=python3.12, socket=HOST:PORT, ssh=HOST//python=python3//chdir=PATH",
+    )
+    group.addoption(
         "--parexec-regenerate",
         dest="parexec_regenerate",
         action="store_true",
         default=False,
         help="run every @generator, even those whose inputs did not change",
     )
+    parser.addini("parexec_tx", "default for --parexec-tx: execnet specs, one per line", type="linelist")
     parser.addini(
         "parexec_commands",
         "setup commands, one per line: NAME [GROUP] (after A, B): COMMAND",
@@ -151,6 +187,8 @@ class Settings:
     report: Path | None
     trace: Path | None
     regenerate: bool
+    #: execnet specs of remote workers; empty: local popen workers.
+    tx: list[str]
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -167,6 +205,10 @@ class Settings:
         workers = config.option.parexec_workers
         if workers is None:
             workers = ini("parexec_workers", _workers_arg)
+        tx = _tx_specs(config.option.parexec_tx or list(config.getini("parexec_tx")))
+        if tx:
+            # One worker per spec, as pytest-xdist's --tx does.
+            workers = len(tx)
         report = config.option.parexec_report
         trace = config.option.parexec_trace
         if trace is not None and Path(trace).suffix.lower() not in (".json", ".svg"):
@@ -182,6 +224,7 @@ class Settings:
             report=Path(config.invocation_params.dir, report) if report else None,
             trace=Path(config.invocation_params.dir, trace) if trace else None,
             regenerate=bool(config.option.parexec_regenerate),
+            tx=tx,
         )
 
 
@@ -260,6 +303,10 @@ class ParexecSession:
         self.late_generators: list[GeneratorSpec] = []
         self.collecting = False
         self.pre_mode: str | None = None
+        self.finished = False
+        self.start_cost: float | None = None
+        #: How workers measure themselves when this process runs under coverage.py.
+        self.coverage = _coverage.worker_options()
         self.executor: Executor | None = None
         self.runner: Executor | InProcessRunner | None = None
         self.all_ops: dict[str, Operation] = {}
@@ -312,8 +359,9 @@ class ParexecSession:
                 env=dict(os.environ),
                 scratch=str(scratch),
                 preload=("pytest", "pytest_parexec"),
+                coverage=self.coverage,
             )
-            self.executor = Executor(init, max_workers=self.settings.workers or 1)
+            self.executor = Executor(init, max_workers=self.settings.workers or 1, specs=self.settings.tx)
         return self.executor
 
     # -- generators, before collection ------------------------------------------
@@ -371,11 +419,11 @@ class ParexecSession:
             for name, spec in owner.items():
                 op = ops[name]
                 prechecks[name] = functools.partial(_precheck, record, op, spec)
-        mode, _ = self._choose(plan, set())
+        mode, reason = self._choose(plan, set())
         self.pre_mode = mode
         self.pre_runner = self._runner(mode)
         self.pre_ops = ops
-        self.pre_run = self._run(self.pre_runner, plan, ops, prechecks, mode, prior=None)
+        self.pre_run = self._run(self.pre_runner, plan, ops, prechecks, mode, prior=None, reason=reason)
         self._write_outputs(record, owner, ops)
         record.save(getattr(self.config, "cache", None))
 
@@ -456,15 +504,30 @@ class ParexecSession:
         expected = self.history.durations
         try:
             return build_plan(
-                Node(op.name, op.group, op.depends, expected.get(op.name)) for op in ops.values()
+                Node(op.name, self._classify(op), op.depends, expected.get(op.name)) for op in ops.values()
             )
         except PlanError as exc:
             raise pytest.UsageError(f"pytest-parexec: {exc}") from None
+
+    def _classify(self, op: Operation) -> str:
+        """The group of ``op``: a plugin's pytest_parexec_classify, else its own."""
+        group = self.config.hook.pytest_parexec_classify(operation=op)
+        if group is None:
+            return op.group
+        if group not in GROUPS:
+            raise pytest.UsageError(
+                f"pytest-parexec: pytest_parexec_classify returned {group!r} for operation {op.name!r}; "
+                f"return one of {', '.join(GROUPS)}, or None to keep {op.group!r}"
+            )
+        return str(group)
 
     def _choose(self, plan: Plan, done: set[str]) -> tuple[str, str]:
         """The mode for the operations of ``plan`` not yet ``done``, and why."""
         if self.settings.mode != "auto":
             return self.settings.mode, f"--parexec={self.settings.mode}"
+        if self.settings.tx:
+            self.workers = len(self.settings.tx)
+            return "parallel", f"--parexec-tx gives {self.workers} worker{'s' * (self.workers != 1)}"
         todo = build_plan(
             Node(n, node.group, tuple(d for d in node.depends if d not in done), node.expected_s)
             for n, node in plan.nodes.items()
@@ -539,7 +602,10 @@ class ParexecSession:
             )
         return tasks
 
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    # Innermost wrapper: the plan runs right before the tests, and operations are
+    # finished (teardowns, workers stopped, their coverage saved) right after them,
+    # before pytest-cov's wrapper stops measuring and combines data files.
+    @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
         if (
             self.plan is not None
@@ -550,8 +616,18 @@ class ParexecSession:
             reuse = self.mode == "sequential" and isinstance(self.pre_runner, InProcessRunner)
             self.runner = self.pre_runner if reuse else self._runner(self.mode)
             assert self.runner is not None
-            self.run = self._run(self.runner, self.plan, self.all_ops, {}, self.mode, prior=self.pre_run)
-        return (yield)
+            self.run = self._run(
+                self.runner,
+                self.plan,
+                self.all_ops,
+                {},
+                self.mode,
+                prior=self.pre_run,
+                reason=self.mode_reason,
+            )
+        outcome = yield
+        self._finish_operations()
+        return outcome
 
     def _runner(self, mode: str) -> Executor | InProcessRunner:
         if mode == "sequential":
@@ -566,6 +642,7 @@ class ParexecSession:
         prechecks: Mapping[str, Callable[[Mapping[str, object]], bool]],
         mode: str,
         prior: PlanRun | None,
+        reason: str,
     ) -> PlanRun:
         """Run ``plan``, showing its progress; return when every operation has a result."""
         todo = {n: op for n, op in ops.items() if prior is None or n not in prior.results}
@@ -582,16 +659,33 @@ class ParexecSession:
             mode=mode,
         )
         progress.before()
+        self.config.hook.pytest_parexec_plan(
+            plan=PlanView.of(plan, mode, reason, self.workers if mode == "parallel" else 0)
+        )
         if isinstance(runner, InProcessRunner):
             run = runner.submit(plan, tasks, prior=prior)
         else:
             run = runner.submit(plan, tasks, workers=self.workers, prior=prior)
-        follow(run, progress)
+        follow(run, progress, self._attempt_finished)
         return run
+
+    def _attempt_finished(self, event: ProgressEvent) -> None:
+        status = "passed" if event.ok else ("retrying" if event.retrying else "failed")
+        self.config.hook.pytest_parexec_operation_finished(
+            result=AttemptView(
+                name=event.name,
+                status=status,
+                attempt=event.attempt,
+                duration_s=event.duration_s,
+                worker=event.worker,
+                error=event.error,
+            )
+        )
 
     # -- values for fixtures (operations.ValueProvider) ------------------------
 
     def manages(self, op: Operation) -> bool:
+        """Whether this session planned ``op`` (the same definition, not one of the same name)."""
         return self.run is not None and op.name in self.run.plan.nodes and self.all_ops.get(op.name) is op
 
     def value(self, op: Operation) -> object:
@@ -627,8 +721,11 @@ class ParexecSession:
                 runners.append(runner)
         return runners
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def _finish_operations(self) -> None:
+        """Tear down what is still set up, stop the workers; idempotent."""
+        if self.finished:
+            return
+        self.finished = True
         last = self.run or self.pre_run
         if last is not None:
             for runner in self._runners():
@@ -639,17 +736,24 @@ class ParexecSession:
             for name in last.plan.teardown_order():
                 result = last.results.get(name)
                 if result is not None and result.teardown_error:
-                    text = (
-                        f"teardown of batchable operation {name!r} failed:\n{result.teardown_error.rstrip()}"
-                    )
+                    text = f"teardown of {LABELS[self._kinds().get(name, 'batchable')]} {name!r} failed:\n"
+                    text += result.teardown_error.rstrip()
                     if result.teardown_output.strip():
                         text += f"\n----- captured output of {name!r} teardown -----\n"
                         text += result.teardown_output.rstrip()
                     self.teardown_errors.append(text)
-            if self.teardown_errors and session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        start_cost = self.executor.worker_start_s if self.executor is not None else None
+        self.start_cost = self.executor.worker_start_s if self.executor is not None else None
         self.close()
+        if self.coverage is not None:
+            _coverage.collect(self.coverage, managed_by_pytest_cov=_compat.pytest_cov_active(self.config))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._finish_operations()
+        if self.teardown_errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        last = self.run or self.pre_run
+        start_cost = self.start_cost
         if last is not None and last.results:
             finished = last.finished_at or time.perf_counter()
             extras = {
@@ -664,7 +768,13 @@ class ParexecSession:
             if self.pre_mode is not None and self.pre_mode != self.mode:
                 reason += f"; generators ran before collection in {self.pre_mode} mode"
             self.report = build_report(
-                last, self.mode, reason, finished - self.collected_at, kinds=self._kinds(), extras=extras
+                last,
+                self.mode,
+                reason,
+                finished - self.collected_at,
+                kinds=self._kinds(),
+                extras=extras,
+                worker_errors=self.executor.start_errors if self.executor is not None else (),
             )
             learned = {
                 name: result.attempts[-1].duration_s
@@ -681,6 +791,7 @@ class ParexecSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.report is not None and self.report["operations"]:
             write_summary(terminalreporter, self.report, self.teardown_errors)
+            self.config.hook.pytest_parexec_summary(summary=self.report, terminalreporter=terminalreporter)
 
     def close(self) -> None:
         for unsubscribe in self._subscriptions:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, final
 
 from .executor import EventKind, PlanRun, ProgressEvent, Status
@@ -205,8 +205,13 @@ class Progress:
             )
 
 
-def follow(run: PlanRun, progress: Progress) -> None:
-    """Show ``run`` until every operation has a result; returns when the plan is done."""
+def follow(
+    run: PlanRun, progress: Progress, on_finished: Callable[[ProgressEvent], None] | None = None
+) -> None:
+    """Show ``run`` until every operation has a result; returns when the plan is done.
+
+    ``on_finished`` is called, in this thread, with every finished attempt.
+    """
     results = 0
     while results < len(run.plan):
         timeout = 0.2 if progress.style == "block" else None
@@ -218,4 +223,6 @@ def follow(run: PlanRun, progress: Progress) -> None:
         if event.kind is EventKind.RESULT:
             results += 1
         progress.handle(event)
+        if event.kind is EventKind.FINISHED and on_finished is not None:
+            on_finished(event)
     progress.finish(run)

@@ -310,7 +310,40 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _start_coverage(options: dict[str, Any] | None) -> None:
+    """Measure this worker like the pytest process, into a suffixed data file."""
+    if not options:
+        return
+    import coverage
+
+    if coverage.Coverage.current() is not None:
+        return  # already started for this process (coverage's subprocess patch)
+    cov = coverage.Coverage(
+        data_file=options["data_file"],
+        data_suffix=f"{options['suffix']}.{os.getpid()}",
+        config_file=options.get("config_file") or False,
+        source=options.get("source"),
+        branch=options.get("branch"),
+        include=options.get("include"),
+        omit=options.get("omit"),
+    )
+    cov.start()
+
+
+def _save_coverage() -> None:
+    """Write this worker's coverage data now: it may be killed rather than exit."""
+    if "coverage" not in sys.modules:
+        return
+    import coverage
+
+    cov = coverage.Coverage.current()
+    if cov is not None:
+        cov.stop()
+        cov.save()
+
+
 def _init_worker(init: dict[str, Any]) -> dict[str, Any]:
+    _start_coverage(init.get("coverage"))
     if init.get("own_process_group"):
         # A terminal's Ctrl-C must reach only pytest, which then runs the
         # teardowns here before stopping this worker and its children.
@@ -322,7 +355,13 @@ def _init_worker(init: dict[str, Any]) -> dict[str, Any]:
         if entry not in sys.path:
             sys.path.insert(0, entry)
     os.environ.update(init.get("env") or {})
-    os.makedirs(init["capture_dir"], exist_ok=True)
+    if init.get("capture_dir"):
+        os.makedirs(init["capture_dir"], exist_ok=True)
+    else:
+        import tempfile
+
+        init["capture_dir"] = tempfile.mkdtemp(prefix="parexec-worker-")
+        init["remove_capture_dir"] = True
     for module in init.get("preload") or []:
         # Importing pytest takes a few hundred milliseconds: do it while pytest collects.
         try:
@@ -342,7 +381,14 @@ def serve_channel(channel: Any) -> None:
     """A worker's whole life: answer the init message, then serve until told to stop."""
     init = channel.receive()
     channel.send(_init_worker(init))
-    Worker(channel, init).serve()
+    try:
+        Worker(channel, init).serve()
+    finally:
+        _save_coverage()
+        if init.get("remove_capture_dir"):
+            import shutil
+
+            shutil.rmtree(init["capture_dir"], ignore_errors=True)
 
 
 if __name__ == "__channelexec__":

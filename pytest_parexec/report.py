@@ -62,6 +62,7 @@ class OperationReport(TypedDict, total=False):
     worker: str | None
     pid: int | None
     host: str | None
+    spec: str | None
     start_s: float | None
     end_s: float | None
     duration_s: float | None
@@ -89,6 +90,8 @@ class Report(TypedDict):
     phases: list[PhaseReport]
     operations: list[OperationReport]
     recommendations: list[str]
+    #: Workers that could not start (unreachable --parexec-tx specs), one line each.
+    worker_errors: list[str]
 
 
 def _r(value: float) -> float:
@@ -107,6 +110,7 @@ def _operation(
         "worker": last.worker if last else None,
         "pid": last.pid if last else None,
         "host": last.host if last else None,
+        "spec": last.spec if last else None,
         "start_s": _r(last.start_s) if last else None,
         "end_s": _r(last.end_s) if last else None,
         "duration_s": _r(last.duration_s) if last else None,
@@ -168,6 +172,7 @@ def build_report(
     setup_s: float,
     kinds: Mapping[str, str] | None = None,
     extras: Mapping[str, Mapping[str, Any]] | None = None,
+    worker_errors: Sequence[str] = (),
 ) -> Report:
     """Everything the summary, the JSON report and the trace show, from one run.
 
@@ -213,6 +218,7 @@ def build_report(
         "phases": phases,
         "operations": operations,
         "recommendations": [],
+        "worker_errors": list(worker_errors),
     }
     report["recommendations"] = recommendations(report)
     return report
@@ -259,6 +265,7 @@ def summary_lines(report: Report) -> list[str]:
     trouble = {k: counts[k] for k in ("failed", "recovered", "skipped", "retried") if counts.get(k)}
     if trouble:
         lines.append("outcomes: " + ", ".join(f"{v} {k}" for k, v in trouble.items()))
+    lines.extend(f"worker error: {line}" for line in report["worker_errors"])
     lines.extend(f"advice: {line}" for line in report["recommendations"])
     return lines
 
