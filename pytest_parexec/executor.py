@@ -43,7 +43,9 @@ __all__ = [
 START_TIMEOUT_S: Final = 60.0
 #: How long a remote worker (socket, ssh) may take to answer before it counts as unreachable.
 REMOTE_START_TIMEOUT_S: Final = 15.0
-#: How long shutdown waits for workers to stop by themselves before killing them.
+#: How long shutdown waits for workers to acknowledge that they stopped.
+STOP_TIMEOUT_S: Final = 30.0
+#: How long execnet's terminate waits for gateways to close before killing them.
 STOP_GRACE_S: Final = 2.0
 
 
@@ -528,11 +530,15 @@ class Executor:
                 "cwd": self.init.cwd if local else None,
                 "sys_path": list(self.init.sys_path) if local else [],
                 "env": dict(self.init.env) if local else {},
-                "capture_dir": os.path.join(self.init.scratch, worker_id)
-                if local
-                else ".parexec-" + worker_id,
+                # A remote worker makes its own temporary directory (and removes it).
+                "capture_dir": os.path.join(self.init.scratch, worker_id) if local else None,
                 "own_process_group": local,
                 "preload": list(self.init.preload),
+                "coverage": (
+                    dict(self.init.coverage, suffix=f"parexec.{worker_id}")
+                    if local and self.init.coverage
+                    else None
+                ),
             }
             channel.send(init)
             ready = channel.receive(timeout=START_TIMEOUT_S)
@@ -904,31 +910,40 @@ class Executor:
     # -- shutdown ------------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        """Stop every worker: ask, wait for each to acknowledge (it saves its coverage
+        data first), then kill whatever is left, with the processes it started."""
         for _, event in self.pending_teardowns:
             event.set()
+        stopping: set[str] = set()
         for worker in self._live():
+            if worker.running is not None:
+                continue  # busy in an operation that was cancelled: it is killed below
             try:
                 worker.channel.send({"kind": "stop"})
+                stopping.add(worker.id)
             except Exception:  # noqa: BLE001 - the channel may be closed already
                 pass
-        # Wait for local workers still starting (to stop them), then stop everything;
-        # kill what does not stop. Remote starts are not waited for: nothing local is left.
-        local_starting = [d for d, spec in self._start_deadlines.values() if _is_local(spec)]
-        deadline = max(local_starting, default=time.perf_counter())
-        while (
-            any(_is_local(spec) for _, spec in self._start_deadlines.values())
-            and time.perf_counter() < deadline
+        # Local workers still starting are waited for too, so that they can be stopped;
+        # remote starts are not: nothing of theirs runs here.
+        deadline = time.perf_counter() + STOP_TIMEOUT_S
+        while time.perf_counter() < deadline and (
+            stopping or any(_is_local(spec) for _, spec in self._start_deadlines.values())
         ):
             try:
-                kind, payload = self.events.get(timeout=deadline - time.perf_counter())
+                kind, payload = self.events.get(timeout=max(0.0, deadline - time.perf_counter()))
             except queue.Empty:
                 break
             if kind is _Event.READY:
                 self._on_ready(payload)
                 if payload.alive:
                     payload.channel.send({"kind": "stop"})
+                    stopping.add(payload.id)
             elif kind is _Event.START_FAILED:
                 self._on_start_failed(payload)
+            elif kind is _Event.MESSAGE:
+                worker, msg = payload
+                if msg is _LOST or msg.get("kind") == "stopped":
+                    stopping.discard(worker.id)
         self._spawn_queue.put(None)
         local = [w for w in self.workers.values() if w.local]
         try:

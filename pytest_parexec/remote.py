@@ -300,6 +300,8 @@ class Worker:
             elif kind == "teardown":
                 self.channel.send(self.teardown(msg))
             elif kind == "stop":
+                _save_coverage()
+                self.channel.send({"kind": "stopped"})
                 return
             else:  # pragma: no cover - a protocol bug
                 raise ValueError(f"unknown message kind {kind!r}")
