@@ -224,6 +224,14 @@ class PlanRun:
                 if name in plan.nodes:
                     self._set(result)
 
+    @classmethod
+    def of_results(cls, plan: Plan, results: Iterable[OperationResult]) -> PlanRun:
+        """A finished run holding ``results`` (e.g. published by another process)."""
+        run = cls(plan, workers=0)
+        for result in results:
+            run._set(result)
+        return run
+
     def now(self) -> float:
         return time.perf_counter() - self.started_at
 

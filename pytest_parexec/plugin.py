@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import os
 import sys
 import time
 import types
+import uuid
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any, Final, final
@@ -44,9 +46,10 @@ from .history import History
 from .operations import GROUPS, PROVIDER_KEY, TMP_PATH, Operation, make_fixture, on_definition, operation_of
 from .planner import Node, Plan, PlanError, auto_workers, build_plan, choose_mode
 from .progress import Progress, follow
-from .report import Report, build_report, write_json, write_summary
+from .report import Report, build_report, merge_xdist_reports, write_json, write_summary
 from .trace import write_trace
 from .views import AttemptView, PlanView
+from .xdist import POLL_S, SharedRun
 
 MODES: Final = ("auto", "parallel", "sequential")
 DEFAULT_RETRIES: Final = 1
@@ -305,6 +308,16 @@ class ParexecSession:
         self.pre_mode: str | None = None
         self.finished = False
         self.start_cost: float | None = None
+        #: Under pytest-xdist: this worker's input (None on the controller and without xdist).
+        self.workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+        self.is_xdist_controller = self.workerinput is None and _xdist_distributing(config)
+        self.shared: SharedRun | None = None
+        #: xdist worker: seconds spent waiting for each result another worker published.
+        self.waited: dict[str, float] = {}
+        #: xdist controller: what each worker sent back.
+        self.node_outputs: list[dict[str, Any]] = []
+        #: xdist leader: results another process had published before it led.
+        self.xdist_prior: set[str] = set()
         #: How workers measure themselves when this process runs under coverage.py.
         self.coverage = _coverage.worker_options()
         self.executor: Executor | None = None
@@ -340,6 +353,8 @@ class ParexecSession:
         self.definitions += 1
         if self.settings.mode == "sequential" or self.plan is not None:
             return
+        if self.workerinput is not None or self.is_xdist_controller:
+            return  # under xdist only the worker that leads the plan needs workers
         if self.settings.mode == "auto" and self.definitions < 2:
             return  # a single operation runs in-process under auto: start nothing for it
         limit = self.settings.workers or auto_workers(self.definitions, os.cpu_count() or 1)
@@ -372,9 +387,29 @@ class ParexecSession:
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> Generator[None, object, object]:
-        self._generate()
+        if self.workerinput is None and not self.is_xdist_controller:
+            self._generate()
         self.collecting = True
         return (yield)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Under xdist, generate on the controller before any worker starts to collect,
+        and publish what the generators' dependencies produced for the workers."""
+        if not self.is_xdist_controller:
+            return
+        if self.config.option.testrunuid is None:
+            # xdist would make one up later; workers and controller must agree on it now.
+            self.config.option.testrunuid = uuid.uuid4().hex
+        self._generate()
+        if self.pre_run is not None:
+            shared = SharedRun(
+                _compat.tmp_path_factory(self.config).getbasetemp()
+                / f"parexec-{self.config.option.testrunuid}",
+                "controller",
+            )
+            for result in self.pre_run.results.values():
+                shared.publish(result)
 
     def _generate(self) -> None:
         """Run the generators (and the operations they need) so that collection sees their files."""
@@ -613,21 +648,66 @@ class ParexecSession:
             and not session.config.option.collectonly
             and not (session.testsfailed and not session.config.option.continue_on_collection_errors)
         ):
-            reuse = self.mode == "sequential" and isinstance(self.pre_runner, InProcessRunner)
-            self.runner = self.pre_runner if reuse else self._runner(self.mode)
-            assert self.runner is not None
-            self.run = self._run(
-                self.runner,
-                self.plan,
-                self.all_ops,
-                {},
-                self.mode,
-                prior=self.pre_run,
-                reason=self.mode_reason,
-            )
+            if self.workerinput is not None:
+                self._join_xdist_run()
+            else:
+                reuse = self.mode == "sequential" and isinstance(self.pre_runner, InProcessRunner)
+                runner = self.pre_runner if reuse and self.pre_runner is not None else self._runner(self.mode)
+                self.runner = runner
+                self.run = self._run(
+                    runner,
+                    self.plan,
+                    self.all_ops,
+                    {},
+                    self.mode,
+                    prior=self.pre_run,
+                    reason=self.mode_reason,
+                )
         outcome = yield
+        if self.shared is not None:
+            self.shared.finished_tests()
+            if self.shared.leading:
+                # Teardown waits for the last xdist worker, not the first.
+                self.shared.wait_until_all_done()
         self._finish_operations()
         return outcome
+
+    def _join_xdist_run(self) -> None:
+        """xdist worker: lead the plan if nobody does, else follow (see xdist.py)."""
+        assert self.workerinput is not None
+        assert self.plan is not None
+        self.shared = SharedRun.for_worker(
+            _compat.tmp_path_factory(self.config).getbasetemp(), self.workerinput
+        )
+        self.shared.join()
+        if self.shared.try_lead():
+            self._lead_xdist_run()
+
+    def _lead_xdist_run(self) -> None:
+        """Run what nobody published yet, publishing every result as it arrives."""
+        assert self.shared is not None
+        assert self.plan is not None
+        shared = self.shared
+        prior = PlanRun.of_results(self.plan, shared.loaded(self.plan.order).values())
+        self.xdist_prior = set(prior.results)
+        self.runner = self._runner(self.mode)
+        run_ref: list[PlanRun] = []
+
+        def publish(name: str) -> None:
+            if run_ref:
+                shared.publish(run_ref[0].results[name])
+
+        self.run = self._run(
+            self.runner,
+            self.plan,
+            self.all_ops,
+            {},
+            self.mode,
+            prior=prior,
+            reason=self.mode_reason,
+            on_result=publish,
+            run_ref=run_ref,
+        )
 
     def _runner(self, mode: str) -> Executor | InProcessRunner:
         if mode == "sequential":
@@ -643,6 +723,8 @@ class ParexecSession:
         mode: str,
         prior: PlanRun | None,
         reason: str,
+        on_result: Callable[[str], None] | None = None,
+        run_ref: list[PlanRun] | None = None,
     ) -> PlanRun:
         """Run ``plan``, showing its progress; return when every operation has a result."""
         todo = {n: op for n, op in ops.items() if prior is None or n not in prior.results}
@@ -666,7 +748,9 @@ class ParexecSession:
             run = runner.submit(plan, tasks, prior=prior)
         else:
             run = runner.submit(plan, tasks, workers=self.workers, prior=prior)
-        follow(run, progress, self._attempt_finished)
+        if run_ref is not None:
+            run_ref.append(run)
+        follow(run, progress, self._attempt_finished, on_result)
         return run
 
     def _attempt_finished(self, event: ProgressEvent) -> None:
@@ -686,17 +770,39 @@ class ParexecSession:
 
     def manages(self, op: Operation) -> bool:
         """Whether this session planned ``op`` (the same definition, not one of the same name)."""
-        return self.run is not None and op.name in self.run.plan.nodes and self.all_ops.get(op.name) is op
+        if self.all_ops.get(op.name) is not op:
+            return False
+        return self.run is not None or self.shared is not None
 
     def value(self, op: Operation) -> object:
         __tracebackhide__ = True
-        assert self.run is not None
-        result = self.run.wait(op.name)
+        if self.run is not None:
+            result = self.run.wait(op.name)
+            results = self.run.results
+        else:
+            result = self._wait_published(op.name)
+            results = _Published(self.shared)
         if not result.status.ok:
-            pytest.fail(_failure_message(op.name, result, self.run.results, self._kinds()), pytrace=False)
+            pytest.fail(_failure_message(op.name, result, results, self._kinds()), pytrace=False)
         if op.name not in self._values:
             self._values[op.name] = remote.decode(result.value)
         return self._values[op.name]
+
+    def _wait_published(self, name: str) -> OperationResult:
+        """xdist follower: the result another worker published; lead if its leader died."""
+        assert self.shared is not None
+        started = time.perf_counter()
+        while True:
+            result = self.shared.load(name)
+            if result is not None:
+                self.waited[name] = time.perf_counter() - started
+                return result
+            if self.shared.try_lead():
+                # The leader is gone (its lock went with its process): redo what is missing.
+                self._lead_xdist_run()
+                assert self.run is not None
+                return self.run.wait(name)
+            time.sleep(POLL_S)
 
     def finish(self, op: Operation) -> None:
         """pytest finalizes session fixtures in reverse order: tear down with them.
@@ -783,12 +889,45 @@ class ParexecSession:
             }
             self.history.learn(learned, start_cost)
             self.history.save(getattr(self.config, "cache", None))
+        if self.workerinput is not None:
+            # The controller writes the summary and the files, from every worker's output.
+            self._send_to_controller()
+            return
+        if self.is_xdist_controller and self.node_outputs:
+            self.report = merge_xdist_reports(self.report, self.node_outputs)
+        if self.report is not None:
             if self.settings.report is not None:
                 write_json(self.report, self.settings.report)
             if self.settings.trace is not None:
                 write_trace(self.report, self.settings.trace)
 
+    def _send_to_controller(self) -> None:
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is None or self.workerinput is None:
+            return
+        prior = self.xdist_prior
+        workeroutput["parexec"] = json.dumps(
+            {
+                "worker": self.workerinput["workerid"],
+                "report": self.report,
+                "ran": [n for n in (self.run.results if self.run else {}) if n not in prior],
+                "waited": self.waited,
+                "teardown_errors": self.teardown_errors,
+            }
+        )
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """xdist controller: collect what each worker sent (registered only under xdist)."""
+        raw = getattr(node, "workeroutput", {}).get("parexec")
+        if raw:
+            output = json.loads(raw)
+            self.node_outputs.append(output)
+            self.teardown_errors.extend(output.get("teardown_errors", []))
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.workerinput is not None:
+            return
         if self.report is not None and self.report["operations"]:
             write_summary(terminalreporter, self.report, self.teardown_errors)
             self.config.hook.pytest_parexec_summary(summary=self.report, terminalreporter=terminalreporter)
@@ -823,6 +962,32 @@ class GeneratorFailure(pytest.Item):
 
     def reportinfo(self) -> tuple[str, int | None, str]:
         return ("parexec-generator", None, f"generator operation {self.name}")
+
+
+def _xdist_distributing(config: pytest.Config) -> bool:
+    """Whether this process is a pytest-xdist controller that will start workers."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return False
+    numprocesses = getattr(config.option, "numprocesses", None)
+    return (
+        bool(numprocesses or getattr(config.option, "tx", None))
+        and getattr(config.option, "dist", "no") != "no"
+    )
+
+
+class _Published(dict[str, OperationResult]):
+    """Results published by other xdist workers, loaded on first use."""
+
+    def __init__(self, shared: SharedRun | None) -> None:
+        super().__init__()
+        self.shared = shared
+
+    def __missing__(self, name: str) -> OperationResult:
+        result = self.shared.load(name) if self.shared is not None else None
+        if result is None:
+            raise KeyError(name)
+        self[name] = result
+        return result
 
 
 def _call_in_process(task: Task, kwargs: dict[str, object]) -> tuple[object, object]:

@@ -206,11 +206,15 @@ class Progress:
 
 
 def follow(
-    run: PlanRun, progress: Progress, on_finished: Callable[[ProgressEvent], None] | None = None
+    run: PlanRun,
+    progress: Progress,
+    on_finished: Callable[[ProgressEvent], None] | None = None,
+    on_result: Callable[[str], None] | None = None,
 ) -> None:
     """Show ``run`` until every operation has a result; returns when the plan is done.
 
-    ``on_finished`` is called, in this thread, with every finished attempt.
+    ``on_finished`` is called, in this thread, with every finished attempt, and
+    ``on_result`` with the name of every operation that has its final result.
     """
     results = 0
     while results < len(run.plan):
@@ -222,6 +226,8 @@ def follow(
             continue
         if event.kind is EventKind.RESULT:
             results += 1
+            if on_result is not None:
+                on_result(event.name)
         progress.handle(event)
         if event.kind is EventKind.FINISHED and on_finished is not None:
             on_finished(event)

@@ -52,6 +52,8 @@ class AttemptReport(TypedDict):
 
 class OperationReport(TypedDict, total=False):
     name: str
+    xdist_worker: str | None
+    waited_by: list[str]
     kind: str
     files_written: list[str]
     files_unchanged: list[str]
@@ -74,7 +76,12 @@ class OperationReport(TypedDict, total=False):
     attempt_history: list[AttemptReport]
 
 
-class Report(TypedDict):
+class _Optional(TypedDict, total=False):
+    #: Under pytest-xdist: which xdist worker ran the plan, who waited and how long.
+    xdist: dict[str, Any]
+
+
+class Report(_Optional):
     version: int
     mode: str
     mode_reason: str
@@ -242,6 +249,37 @@ def write_json(report: Mapping[str, Any], path: Path) -> None:
     write_text(path, json.dumps(report, indent=2) + "\n")
 
 
+def merge_xdist_reports(own: Report | None, outputs: Sequence[Mapping[str, Any]]) -> Report | None:
+    """One report for the whole xdist run, from what each worker sent the controller.
+
+    The worker that led last holds every result (it continued from what was
+    published before it); the others add who waited for what.
+    """
+    leaders = [out for out in outputs if out.get("report")]
+    if not leaders:
+        return own
+    base = max(leaders, key=lambda out: len(out["report"]["operations"]))
+    report: Report = base["report"]
+    ran_by = {name: out["worker"] for out in leaders for name in out.get("ran", [])}
+    waited: dict[str, list[str]] = {}
+    for out in outputs:
+        for name in out.get("waited", {}):
+            waited.setdefault(name, []).append(out["worker"])
+    if own is not None:  # operations the controller ran (generators and their dependencies)
+        names = {op["name"] for op in report["operations"]}
+        report["operations"][:0] = [op for op in own["operations"] if op["name"] not in names]
+        ran_by.update({op["name"]: "controller" for op in own["operations"] if op["name"] not in ran_by})
+    for op in report["operations"]:
+        op["xdist_worker"] = ran_by.get(op["name"], op.get("xdist_worker"))
+        op["waited_by"] = sorted(waited.get(op["name"], []))
+    report["xdist"] = {
+        "leader": base["worker"],
+        "workers": sorted(out["worker"] for out in outputs),
+        "waited_s": {out["worker"]: round(sum(out.get("waited", {}).values()), 4) for out in outputs},
+    }
+    return report
+
+
 def summary_lines(report: Report) -> list[str]:
     """The lines of the terminal section, without its heading."""
     lines = []
@@ -265,6 +303,16 @@ def summary_lines(report: Report) -> list[str]:
     trouble = {k: counts[k] for k in ("failed", "recovered", "skipped", "retried") if counts.get(k)}
     if trouble:
         lines.append("outcomes: " + ", ".join(f"{v} {k}" for k, v in trouble.items()))
+    xdist = report.get("xdist")
+    if xdist:
+        waiting = {w: s for w, s in xdist["waited_s"].items() if w != xdist["leader"]}
+        lines.append(
+            f"xdist: each operation ran once, on {xdist['leader']}; "
+            + (
+                ", ".join(f"{w} waited {s:.2f}s" for w, s in sorted(waiting.items()))
+                or "no other worker waited"
+            )
+        )
     lines.extend(f"worker error: {line}" for line in report["worker_errors"])
     lines.extend(f"advice: {line}" for line in report["recommendations"])
     return lines
