@@ -8,16 +8,16 @@ is measuring this session.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
 
-def fixture_definitions(item: pytest.Item) -> dict[str, Sequence[Any]]:
+def fixture_definitions(item: pytest.Item) -> Mapping[str, Sequence[Any]]:
     """``name -> FixtureDef`` chain (last one wins) for ``item``, or {} for non-Python items."""
     info = getattr(item, "_fixtureinfo", None)
-    return dict(getattr(info, "name2fixturedefs", {}) or {})
+    return getattr(info, "name2fixturedefs", None) or {}
 
 
 def tmp_path_factory(config: pytest.Config) -> pytest.TempPathFactory:
@@ -30,3 +30,9 @@ def pytest_cov_active(config: pytest.Config) -> bool:
     """Whether pytest-cov measures this session (and so combines data files itself)."""
     plugin = config.pluginmanager.get_plugin("_cov")
     return getattr(plugin, "cov_controller", None) is not None
+
+
+def cache_entry_exists(cache: Any, key: str) -> bool:
+    """Whether pytest's cache has a file for ``key`` (``Cache.get`` hides unreadable ones)."""
+    path = getattr(cache, "_getvaluepath", None)
+    return bool(path is not None and path(key).is_file())

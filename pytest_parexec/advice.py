@@ -83,6 +83,8 @@ def _idle(report: Report) -> str | None:
 
 
 def _sequential_phases(report: Report, depends: Mapping[str, Sequence[str]]) -> list[str]:
+    if report["mode"] != "parallel":
+        return []  # the mode alone says why phases ran one operation at a time
     lines = []
     for phase in report["phases"]:
         members = phase["operations"]

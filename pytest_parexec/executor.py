@@ -66,7 +66,10 @@ class Status(str, enum.Enum):
 class WorkerInit:
     """How to prepare a worker process: directory, import path, environment."""
 
+    #: Where local workers start: the directory pytest runs in.
     cwd: str
+    #: The rootdir: remote workers' paths are relative to it (their chdir).
+    rootdir: str
     sys_path: tuple[str, ...]
     env: Mapping[str, str]
     #: A directory under pytest's base temp where workers keep captured output.
@@ -209,8 +212,17 @@ class _Worker:
 class PlanRun:
     """The results of a plan as they arrive; safe to wait on from any thread."""
 
-    def __init__(self, plan: Plan, workers: int, prior: PlanRun | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        workers: int,
+        prior: PlanRun | None = None,
+        listener: Callable[[ProgressEvent], None] | None = None,
+    ) -> None:
         self.plan = plan
+        #: Receives events directly, in the thread that makes them (an in-process
+        #: run), instead of through the queue.
+        self.listener = listener
         self.workers = workers
         self.results: dict[str, OperationResult] = {}
         #: A plan that continues ``prior`` shares its clock and starts with its results.
@@ -241,10 +253,13 @@ class PlanRun:
             if len(self.results) == len(self.plan):
                 self.finished_at = time.perf_counter()
             self._cond.notify_all()
-        self.events.put(ProgressEvent(EventKind.RESULT, result.name, self.now(), status=result.status))
+        self._emit(ProgressEvent(EventKind.RESULT, result.name, self.now(), status=result.status))
 
     def _emit(self, event: ProgressEvent) -> None:
-        self.events.put(event)
+        if self.listener is not None:
+            self.listener(event)
+        else:
+            self.events.put(event)
 
     def wait(self, name: str) -> OperationResult:
         """Block until ``name`` has a final result."""
@@ -772,18 +787,15 @@ class Executor:
                 "file": task.file if worker.local else self._remote_path(task.file),
                 "attribute": task.attribute,
                 "args": args,
-                "tmp_path": task.tmp_path,
+                "tmp_path": attempt_tmp_path(task.tmp_path, self.attempt_counts[name]),
             }
         )
 
     def _remote_path(self, path: str) -> str:
         """A path under the rootdir as the remote worker sees it: relative to its chdir."""
         try:
-            return (
-                os.path.relpath(path, self.init.cwd)
-                if os.path.commonpath([path, self.init.cwd]) == self.init.cwd
-                else path
-            )
+            inside = os.path.commonpath([path, self.init.rootdir]) == self.init.rootdir
+            return os.path.relpath(path, self.init.rootdir) if inside else path
         except ValueError:
             return path
 
@@ -965,6 +977,13 @@ class Executor:
             worker.alive = False
 
 
+def attempt_tmp_path(tmp_path: str | None, attempt: int) -> str | None:
+    """Each attempt gets a fresh directory: a retry never sees a failed attempt's files."""
+    if tmp_path is None or attempt <= 1:
+        return tmp_path
+    return f"{tmp_path}-attempt{attempt}"
+
+
 @final
 class InProcessRunner:
     """Runs a plan one operation at a time in the pytest process (``--parexec=sequential``).
@@ -979,8 +998,15 @@ class InProcessRunner:
         self.states: dict[str, Any] = {}
         self.run: PlanRun | None = None
 
-    def submit(self, plan: Plan, tasks: Mapping[str, Task], prior: PlanRun | None = None) -> PlanRun:
-        run = self.run = PlanRun(plan, workers=0, prior=prior)
+    def submit(
+        self,
+        plan: Plan,
+        tasks: Mapping[str, Task],
+        prior: PlanRun | None = None,
+        listener: Callable[[ProgressEvent], None] | None = None,
+    ) -> PlanRun:
+        """Run ``plan`` now, in this thread; ``listener`` sees each event as it happens."""
+        run = self.run = PlanRun(plan, workers=0, prior=prior, listener=listener)
         for name in plan.order:
             if name in run.results:
                 continue
@@ -1018,7 +1044,8 @@ class InProcessRunner:
             encoded: object = None
             state: Any = None
             try:
-                value, state = self.call(task, kwargs)
+                attempt_task = dataclasses.replace(task, tmp_path=attempt_tmp_path(task.tmp_path, number))
+                value, state = self.call(attempt_task, kwargs)
                 encoded = remote.encode(value, task.name)
             except Exception as exc:  # noqa: BLE001 - reported like a worker's failure
                 error, message = remote.format_error(exc), remote.one_line(exc)

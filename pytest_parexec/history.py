@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any, Final, final
 
 import pytest
+
+from . import _compat
 
 __all__ = ["CACHE_KEY", "SMOOTHING", "History", "ParexecWarning"]
 
@@ -27,6 +30,17 @@ SMOOTHING: Final = 0.5
 
 class ParexecWarning(pytest.PytestWarning):
     """A problem pytest-parexec worked around (e.g. an unreadable cache entry)."""
+
+
+_MISSING: Final = object()
+
+
+def _warn(message: str) -> None:
+    """A ParexecWarning; under ``filterwarnings = error`` a line on stderr instead of a crash."""
+    try:
+        warnings.warn(ParexecWarning(message), stacklevel=3)
+    except Warning:
+        sys.stderr.write(f"warning: {message}\n")
 
 
 def _seconds(value: object) -> float | None:
@@ -48,17 +62,18 @@ class History:
         """Read the cache entry; None cache (``-p no:cacheprovider``) gives an empty history."""
         if cache is None:
             return cls()
-        raw = cache.get(CACHE_KEY, None)
-        if raw is None:
-            return cls()
-        problem = cls._problem(raw)
+        raw = cache.get(CACHE_KEY, _MISSING)
+        if raw is _MISSING:
+            # pytest's cache returns the default for a file that is not JSON, silently.
+            if not _compat.cache_entry_exists(cache, CACHE_KEY):
+                return cls()
+            problem: str | None = "the file is not valid JSON"
+        else:
+            problem = cls._problem(raw)
         if problem is not None:
-            warnings.warn(
-                ParexecWarning(
-                    f"pytest-parexec: ignoring the cache entry {CACHE_KEY!r} ({problem}); it will "
-                    "be rewritten after this run. Run with --cache-clear to remove it now."
-                ),
-                stacklevel=2,
+            _warn(
+                f"pytest-parexec: ignoring the cache entry {CACHE_KEY!r} ({problem}); it will "
+                "be rewritten after this run. Run with --cache-clear to remove it now."
             )
             return cls()
         durations = {name: float(v) for name, v in raw["operations"].items()}

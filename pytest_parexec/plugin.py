@@ -45,7 +45,7 @@ from .generators import (
 from .history import History
 from .operations import GROUPS, PROVIDER_KEY, TMP_PATH, Operation, make_fixture, on_definition, operation_of
 from .planner import Node, Plan, PlanError, auto_workers, build_plan, choose_mode
-from .progress import Progress, follow
+from .progress import Follower, Progress, follow
 from .report import Report, build_report, merge_xdist_reports, write_json, write_summary
 from .trace import write_trace
 from .views import AttemptView, PlanView
@@ -308,6 +308,8 @@ class ParexecSession:
         self.pre_mode: str | None = None
         self.finished = False
         self.start_cost: float | None = None
+        #: The run started last (it holds the earlier one's results too).
+        self.active: PlanRun | None = None
         #: Under pytest-xdist: this worker's input (None on the controller and without xdist).
         self.workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
         self.is_xdist_controller = self.workerinput is None and _xdist_distributing(config)
@@ -369,7 +371,10 @@ class ParexecSession:
             factory = _compat.tmp_path_factory(self.config)
             scratch = factory.getbasetemp() / "parexec-workers"
             init = WorkerInit(
-                cwd=str(self.config.rootpath),
+                # Where pytest runs (the rootdir, usually): relative paths in an operation
+                # then mean what they mean in a plain fixture and with -p no:parexec.
+                cwd=os.getcwd(),
+                rootdir=str(self.config.rootpath),
                 sys_path=tuple(sys.path),
                 env=dict(os.environ),
                 scratch=str(scratch),
@@ -558,22 +563,23 @@ class ParexecSession:
 
     def _choose(self, plan: Plan, done: set[str]) -> tuple[str, str]:
         """The mode for the operations of ``plan`` not yet ``done``, and why."""
-        if self.settings.mode != "auto":
-            return self.settings.mode, f"--parexec={self.settings.mode}"
-        if self.settings.tx:
-            self.workers = len(self.settings.tx)
-            return "parallel", f"--parexec-tx gives {self.workers} worker{'s' * (self.workers != 1)}"
         todo = build_plan(
             Node(n, node.group, tuple(d for d in node.depends if d not in done), node.expected_s)
             for n, node in plan.nodes.items()
             if n not in done
         )
         self.workers = self.settings.workers or auto_workers(todo.width, os.cpu_count() or 1)
+        if self.settings.mode != "auto":
+            return self.settings.mode, f"--parexec={self.settings.mode}"
+        if self.settings.tx:
+            return "parallel", f"--parexec-tx gives {self.workers} worker{'s' * (self.workers != 1)}"
         return choose_mode(todo, self.history.durations, self.workers, self.history.worker_start_s)
 
     def _needed_operations(self, items: list[pytest.Item]) -> dict[str, Operation]:
         found: dict[str, Operation] = {}
-        visible: dict[str, dict[str, Any]] = {}
+        if not self.definitions:
+            return found  # nothing batchable was ever defined: no item needs to be looked at
+        visible: dict[str, Mapping[str, Any]] = {}
         for item in items:
             definitions = _compat.fixture_definitions(item)
             for name in getattr(item, "fixturenames", ()):
@@ -744,13 +750,22 @@ class ParexecSession:
         self.config.hook.pytest_parexec_plan(
             plan=PlanView.of(plan, mode, reason, self.workers if mode == "parallel" else 0)
         )
+        follower = Follower(len(plan), progress, self._attempt_finished, on_result)
         if isinstance(runner, InProcessRunner):
-            run = runner.submit(plan, tasks, prior=prior)
-        else:
-            run = runner.submit(plan, tasks, workers=self.workers, prior=prior)
+            # Runs here and now: the display follows each event as it happens.
+            try:
+                run = runner.submit(plan, tasks, prior=prior, listener=follower.handle)
+            finally:
+                self.active = runner.run  # for the teardowns, even when interrupted
+            if run_ref is not None:
+                run_ref.append(run)
+            progress.finish(run)
+            return run
+        run = runner.submit(plan, tasks, workers=self.workers, prior=prior)
+        self.active = run  # before waiting: an interrupted session tears this run down
         if run_ref is not None:
             run_ref.append(run)
-        follow(run, progress, self._attempt_finished, on_result)
+        follow(run, follower)
         return run
 
     def _attempt_finished(self, event: ProgressEvent) -> None:
@@ -832,7 +847,7 @@ class ParexecSession:
         if self.finished:
             return
         self.finished = True
-        last = self.run or self.pre_run
+        last = self.active
         if last is not None:
             for runner in self._runners():
                 if not last.done and isinstance(runner, Executor):
@@ -858,7 +873,7 @@ class ParexecSession:
         self._finish_operations()
         if self.teardown_errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        last = self.run or self.pre_run
+        last = self.active
         start_cost = self.start_cost
         if last is not None and last.results:
             finished = last.finished_at or time.perf_counter()
@@ -993,5 +1008,6 @@ class _Published(dict[str, OperationResult]):
 def _call_in_process(task: Task, kwargs: dict[str, object]) -> tuple[object, object]:
     assert task.function is not None
     if task.tmp_path is not None:
+        Path(task.tmp_path).mkdir(parents=True, exist_ok=True)
         kwargs = {**kwargs, TMP_PATH: Path(task.tmp_path)}
     return remote.start_call(task.function, kwargs)

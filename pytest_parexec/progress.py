@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
@@ -19,7 +20,7 @@ from .executor import EventKind, PlanRun, ProgressEvent, Status
 from .planner import GROUP_ORDER, Plan
 from .report import compute_phases
 
-__all__ = ["Progress", "clock", "follow"]
+__all__ = ["Follower", "Progress", "clock", "follow"]
 
 #: Above this many operations the block shows only those running or in trouble.
 BLOCK_LIMIT: Final = 20
@@ -28,8 +29,9 @@ BAR_WIDTH: Final = 10
 
 def clock(seconds: float) -> str:
     """``[MM:SS.cc]`` since the plan started."""
-    minutes, rest = divmod(max(0.0, seconds), 60)
-    return f"[{int(minutes):02d}:{rest:05.2f}]"
+    centis = round(max(0.0, seconds) * 100)  # round once, so 59.999 s is [01:00.00]
+    minutes, centis = divmod(centis, 6000)
+    return f"[{minutes:02d}:{centis // 100:02d}.{centis % 100:02d}]"
 
 
 @dataclasses.dataclass
@@ -82,7 +84,8 @@ class Progress:
         if self.style == "quiet" or not self.verbose:
             return
         write = self.terminal.write_line
-        write(f"parexec: {len(self.plan)} operations, {self.mode} on {self.workers or 'no'} workers")
+        where = f"on {_count(self.workers, 'worker')}" if self.workers else "in the pytest process"
+        write(f"parexec: {_count(len(self.plan), 'operation')}, {self.mode} {where}")
         for group in [*GROUP_ORDER, *sorted({n.group for n in self.plan.nodes.values()} - set(GROUP_ORDER))]:
             members = [n for n in self.plan.order if self.plan.nodes[n].group == group]
             if not members:
@@ -101,7 +104,7 @@ class Progress:
             else:
                 estimate = "no learned duration yet"
             write(
-                f"  {group}: {len(members)} operations, {len(independent)} independent, shared "
+                f"  {group}: {_count(len(members), 'operation')}, {len(independent)} independent, shared "
                 f"dependencies: {', '.join(shared) or 'none'}; {strategy}; {estimate}"
             )
 
@@ -140,7 +143,9 @@ class Progress:
         """Redraw the block (elapsed times move even when nothing happens)."""
         if self.style != "block":
             return
-        lines = self._block()
+        # A line longer than the terminal wraps and would break the cursor arithmetic.
+        width = max(20, shutil.get_terminal_size(fallback=(80, 24)).columns - 1)
+        lines = [line[:width] for line in self._block()]
         self._erase()
         for line in lines:
             self.terminal.write_line(line)
@@ -205,30 +210,44 @@ class Progress:
             )
 
 
-def follow(
-    run: PlanRun,
-    progress: Progress,
-    on_finished: Callable[[ProgressEvent], None] | None = None,
-    on_result: Callable[[str], None] | None = None,
-) -> None:
-    """Show ``run`` until every operation has a result; returns when the plan is done.
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"
 
-    ``on_finished`` is called, in this thread, with every finished attempt, and
-    ``on_result`` with the name of every operation that has its final result.
-    """
-    results = 0
-    while results < len(run.plan):
-        timeout = 0.2 if progress.style == "block" else None
-        try:
-            event = run.events.get(timeout=timeout)
-        except queue.Empty:  # only time moved on
-            progress.tick()
-            continue
+
+@final
+class Follower:
+    """Feeds one run's events to the display and to callbacks; knows when the run is done."""
+
+    def __init__(
+        self,
+        run_size: int,
+        progress: Progress,
+        on_finished: Callable[[ProgressEvent], None] | None = None,
+        on_result: Callable[[str], None] | None = None,
+    ) -> None:
+        self.remaining = run_size
+        self.progress = progress
+        self.on_finished = on_finished
+        self.on_result = on_result
+
+    def handle(self, event: ProgressEvent) -> None:
         if event.kind is EventKind.RESULT:
-            results += 1
-            if on_result is not None:
-                on_result(event.name)
-        progress.handle(event)
-        if event.kind is EventKind.FINISHED and on_finished is not None:
-            on_finished(event)
-    progress.finish(run)
+            self.remaining -= 1
+            if self.on_result is not None:
+                self.on_result(event.name)
+        self.progress.handle(event)
+        if event.kind is EventKind.FINISHED and self.on_finished is not None:
+            self.on_finished(event)
+
+
+def follow(run: PlanRun, follower: Follower) -> None:
+    """Show a background ``run`` until every operation has a result."""
+    block = follower.progress.style == "block"
+    while follower.remaining > 0:
+        try:
+            event = run.events.get(timeout=0.2 if block else None)
+        except queue.Empty:  # only time moved on
+            follower.progress.tick()
+            continue
+        follower.handle(event)
+    follower.progress.finish(run)

@@ -260,6 +260,7 @@ class Worker:
                 function = getattr(obj, "__parexec_function__", obj)
                 kwargs = {k: decode(v) for k, v in msg["args"].items()}
                 if msg["tmp_path"] is not None:
+                    os.makedirs(msg["tmp_path"], exist_ok=True)
                     kwargs["tmp_path"] = pathlib.Path(msg["tmp_path"])
                 value, state = start_call(function, kwargs)
                 reply["value"] = encode(value, name)

@@ -128,6 +128,7 @@ def svg_gantt(report: Report) -> str:
     scale = plot_w / end
     height = top + lane_h * max(1, len(lanes)) + 70
     critical = set(report["critical_path"])
+    where = f"on {report['workers']} workers" if report["workers"] else "in the pytest process"
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
@@ -136,7 +137,7 @@ def svg_gantt(report: Report) -> str:
         'patternTransform="rotate(45)"><rect width="3" height="6" fill="#e15759"/></pattern></defs>',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{left}" y="20" font-size="14" font-weight="bold">pytest-parexec: '
-        f"{len(report['operations'])} operations on {report['workers']} workers, "
+        f"{len(report['operations'])} operations {where}, "
         f"{report['wall_s']:.2f}s (sequential {report['sequential_s']:.2f}s)</text>",
     ]
     for index, lane in enumerate(lanes):

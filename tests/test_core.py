@@ -335,11 +335,6 @@ def test_tmp_path_is_a_fresh_empty_directory_under_basetemp(pytester: pytest.Pyt
 
 
 @pytest.mark.parametrize("mode", ["parallel", "sequential"])
-@pytest.mark.xfail(
-    reason="BUG: a retried operation gets the same tmp_path as its failed attempt, "
-    "still holding that attempt's files (plugin.py _tasks makes one directory per operation)",
-    strict=True,
-)
 def test_tmp_path_is_fresh_for_a_retried_attempt(pytester: pytest.Pytester, mode: str) -> None:
     make_suite(
         pytester,
@@ -562,11 +557,6 @@ def test_independent_operations_run_at_the_same_time(pytester: pytest.Pytester) 
     assert {op["pid"] for op in report["operations"]} == set(pids.values())
 
 
-@pytest.mark.xfail(
-    reason="BUG: --parexec=parallel without --parexec-workers runs the plan on one worker: "
-    "ParexecSession._choose computes the auto worker count only in auto mode, self.workers stays 1",
-    strict=True,
-)
 def test_parallel_mode_without_a_worker_count_uses_auto_workers(pytester: pytest.Pytester) -> None:
     make_suite(
         pytester,
@@ -876,11 +866,6 @@ def test_modes_give_the_same_test_results(pytester: pytest.Pytester, mode: str) 
     [
         pytest.param(
             "parallel",
-            marks=pytest.mark.xfail(
-                reason="BUG: workers run in the rootdir (WorkerInit cwd=config.rootpath), not in the "
-                "directory pytest was started in, so relative paths differ from the other modes",
-                strict=True,
-            ),
         ),
         "sequential",
         "no-plugin",

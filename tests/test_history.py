@@ -259,7 +259,7 @@ def test_durations_are_learned_used_smoothed_and_forgotten(suite: pytest.Pyteste
     result.assert_outcomes(passed=1)
     second_report = report_of(suite)
     assert expected_of(suite) == first["operations"]
-    result.stdout.fnmatch_lines(["  models: 1 operations, *; expected *s (learned)"])
+    result.stdout.fnmatch_lines(["  models: 1 operation, *; expected *s (learned)"])
     # Two operations that take next to nothing: starting workers cannot pay.
     assert second_report["mode"] == "sequential"
     assert second_report["mode_reason"].startswith("expected saving ")
@@ -288,12 +288,6 @@ def test_foreign_cache_entry_warns_and_the_run_passes(suite: pytest.Pytester) ->
     assert set(json.loads(durations_file(suite).read_text())["operations"]) == NAMES
 
 
-@pytest.mark.xfail(
-    reason="BUG: under filterwarnings = error (a common ini setting) the ParexecWarning raised "
-    "in pytest_collection_finish is an INTERNALERROR, and since the run stops before the entry "
-    "is rewritten, every later run crashes the same way until --cache-clear",
-    strict=True,
-)
 def test_foreign_cache_entry_does_not_crash_when_warnings_are_errors(suite: pytest.Pytester) -> None:
     suite.makeini("[pytest]\nfilterwarnings =\n    error\n")
     durations_file(suite).parent.mkdir(parents=True)
@@ -303,11 +297,6 @@ def test_foreign_cache_entry_does_not_crash_when_warnings_are_errors(suite: pyte
     assert result.ret != pytest.ExitCode.INTERNAL_ERROR
 
 
-@pytest.mark.xfail(
-    reason="BUG: a cache file that is not JSON at all is ignored silently: pytest's Cache.get "
-    "returns the default for unreadable JSON, so History.load never sees it and never warns",
-    strict=True,
-)
 def test_cache_file_that_is_not_json_warns_and_the_run_passes(suite: pytest.Pytester) -> None:
     durations_file(suite).parent.mkdir(parents=True)
     durations_file(suite).write_text("{garbage, not json")

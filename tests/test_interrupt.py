@@ -150,12 +150,6 @@ def test_ctrl_c_stops_pytest_and_every_process(interrupted: Interrupted) -> None
     wait_gone({name: pid_in(interrupted.out, name) for name in ("G-setup", "S-pid", "S-child")})
 
 
-@pytest.mark.xfail(
-    reason="BUG: ParexecSession.pytest_runtestloop assigns self.run only when _run() returns, but "
-    "_run() blocks in follow() until the plan is done; Ctrl-C there leaves self.run None, so "
-    "pytest_sessionfinish neither cancels nor tears down (and writes no report)",
-    strict=True,
-)
 def test_ctrl_c_runs_the_teardown_of_what_finished(interrupted: Interrupted) -> None:
     assert (interrupted.out / "G-teardown").exists(), interrupted.output
     # In the worker that set it up.
