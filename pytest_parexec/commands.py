@@ -36,6 +36,9 @@ class CommandError(Exception):
 class CommandFailed(Exception):
     """A setup command that exited with a non-zero status."""
 
+    #: Its message says everything: no traceback (see remote.format_error).
+    parexec_no_traceback = True
+
 
 def parse_commands(lines: Iterable[str]) -> list[Operation]:
     """Parse the ini lines; raise CommandError quoting a bad line and showing the syntax."""
@@ -90,7 +93,16 @@ def _tail(text: str) -> str:
 
 def run_command(name: str, command: str, cwd: str | None = None) -> str:
     """Run ``command`` through the shell in ``cwd`` (the worker's: the rootdir); return its stdout."""
-    done = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        command,
+        shell=True,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,  # never wait on pytest's terminal
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",  # a command's bytes are its business
+        check=False,
+    )
     if done.returncode != 0:
         raise CommandFailed(
             f"setup command {name!r} ({command}) exited with status {done.returncode}\n"

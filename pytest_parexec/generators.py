@@ -315,7 +315,10 @@ class FileRecord:
                 )
             relative = pure.as_posix()
             owner = self.owner(relative)
-            if (root / pure).exists() and owner != spec.name:
+            existing = root / pure
+            same = existing.is_file() and existing.read_bytes() == content.encode("utf-8")
+            # A file with exactly this content is adopted (e.g. after --cache-clear).
+            if existing.exists() and owner != spec.name and not same:
                 who = f"generator {owner!r}" if owner else "no generator (a hand-written file?)"
                 raise OutputError(
                     f"generator operation {op_name!r}: refusing to overwrite {relative!r}, which was "

@@ -303,6 +303,8 @@ class ParexecSession:
         self.pre_runner: Executor | InProcessRunner | None = None
         self.generated: dict[str, Written] = {}
         self.generator_failures: list[tuple[str, str]] = []
+        #: Files deleted for generators that have no operation left (every input removed).
+        self.stale_deleted: list[str] = []
         self.late_generators: list[GeneratorSpec] = []
         self.collecting = False
         self.pre_mode: str | None = None
@@ -310,6 +312,10 @@ class ParexecSession:
         self.start_cost: float | None = None
         #: The run started last (it holds the earlier one's results too).
         self.active: PlanRun | None = None
+        #: Operations whose failure a test's setup error already shows.
+        self.surfaced: set[str] = set()
+        #: Failures no test shows (a setup command no test requests), for the summary.
+        self.unreported: list[str] = []
         #: Under pytest-xdist: this worker's input (None on the controller and without xdist).
         self.workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
         self.is_xdist_controller = self.workerinput is None and _xdist_distributing(config)
@@ -416,20 +422,31 @@ class ParexecSession:
             for result in self.pre_run.results.values():
                 shared.publish(result)
 
-    def _generate(self) -> None:
-        """Run the generators (and the operations they need) so that collection sees their files."""
+    def _definitions(self) -> tuple[dict[str, GeneratorSpec], dict[str, Operation]]:
+        """Generators and operations defined in loaded conftest.py files and plugins."""
         specs: dict[str, GeneratorSpec] = {}
         known: dict[str, Operation] = dict(self.commands)
         for module in self._loaded_modules():
             for value in list(vars(module).values()):
                 spec = generator_spec(value)
                 if spec is not None:
-                    specs.setdefault(spec.name, spec)
+                    other = specs.setdefault(spec.name, spec)
+                    if other is not spec and other.function is not spec.function:
+                        raise pytest.UsageError(
+                            f"pytest-parexec: two generators are named {spec.name!r}: {other.file} "
+                            f"and {spec.file}; give one of them another name with @generator(name=...)"
+                        )
                 op = operation_of(value)
                 if op is not None:
                     known.setdefault(op.name, op)
+        return specs, known
+
+    def _generate(self) -> None:
+        """Run the generators (and the operations they need) so that collection sees their files."""
+        specs, known = self._definitions()
         if not specs:
             return
+        record = FileRecord.load(getattr(self.config, "cache", None), self.config.rootpath)
         rootdir = self.config.rootpath
         ops: dict[str, Operation] = {}
         owner: dict[str, GeneratorSpec] = {}
@@ -453,7 +470,11 @@ class ParexecSession:
                 pending.append(known[dep])
         self.history = History.load(getattr(self.config, "cache", None))
         plan = self._build(ops)
-        record = FileRecord.load(getattr(self.config, "cache", None), rootdir)
+        if not plan.nodes:
+            # No generator has an input left: only stale files to delete.
+            self._delete_stale(record, specs, {}, {})
+            record.save(getattr(self.config, "cache", None))
+            return
         prechecks: dict[str, Callable[[Mapping[str, object]], bool]] = {}
         if not self.settings.regenerate:
             for name, spec in owner.items():
@@ -464,11 +485,15 @@ class ParexecSession:
         self.pre_runner = self._runner(mode)
         self.pre_ops = ops
         self.pre_run = self._run(self.pre_runner, plan, ops, prechecks, mode, prior=None, reason=reason)
-        self._write_outputs(record, owner, ops)
+        self._write_outputs(record, specs, owner, ops)
         record.save(getattr(self.config, "cache", None))
 
     def _write_outputs(
-        self, record: FileRecord, owner: Mapping[str, GeneratorSpec], ops: Mapping[str, Operation]
+        self,
+        record: FileRecord,
+        specs: Mapping[str, GeneratorSpec],
+        owner: Mapping[str, GeneratorSpec],
+        ops: Mapping[str, Operation],
     ) -> None:
         assert self.pre_run is not None
         results = self.pre_run.results
@@ -480,6 +505,7 @@ class ParexecSession:
                 continue
             if not result.status.ok:
                 failed.setdefault(spec.name, set()).add(name)
+                self.generated[name] = Written(unchanged=record.keep(name))  # kept as they were
                 self.generator_failures.append((name, _failure_message(name, result, results, self._kinds())))
                 continue
             args = {p: results[p].value for p in spec.params}
@@ -492,14 +518,26 @@ class ParexecSession:
                 # Nothing of this operation was written: it counts as a failed generator.
                 result.status, result.error, result.message = Status.FAILED, str(exc), str(exc)
                 failed.setdefault(spec.name, set()).add(name)
+                self.generated[name] = Written(unchanged=record.keep(name))
                 self.generator_failures.append((name, str(exc)))
-        for spec in {id(s): s for s in owner.values()}.values():
+        self._delete_stale(record, specs, owner, failed)
+
+    def _delete_stale(
+        self,
+        record: FileRecord,
+        specs: Mapping[str, GeneratorSpec],
+        owner: Mapping[str, GeneratorSpec],
+        failed: Mapping[str, set[str]],
+    ) -> None:
+        """Delete files generators wrote before and no longer produce (also with no input left)."""
+        for spec in specs.values():
             mine = {n for n, s in owner.items() if s is spec}
             deleted = record.delete_stale(spec, mine, failed.get(spec.name, set()))
-            if deleted:
-                first = min(mine, default=None)
-                if first is not None:
-                    self.generated.setdefault(first, Written()).deleted.extend(deleted)
+            first = min(mine, default=None)
+            if deleted and first is not None:
+                self.generated.setdefault(first, Written()).deleted.extend(deleted)
+            elif deleted:
+                self.stale_deleted.extend(deleted)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
@@ -524,10 +562,11 @@ class ParexecSession:
                 "or into a plugin module"
             )
         tests = [item for item in session.items if not isinstance(item, GeneratorFailure)]
-        self.operations = self._needed_operations(tests)
+        found, visible = self._needed_operations(tests)
         if tests:
             # Setup commands run in every session that runs a test.
-            self.operations.update(self.commands)
+            found.update(self.commands)
+        self.operations = self._with_dependencies(found, visible)
         ops = {**self.pre_ops, **self.operations} if self.operations else {}
         if ops and self.pre_run is None:  # _generate loaded it already otherwise
             self.history = History.load(getattr(self.config, "cache", None))
@@ -575,11 +614,14 @@ class ParexecSession:
             return "parallel", f"--parexec-tx gives {self.workers} worker{'s' * (self.workers != 1)}"
         return choose_mode(todo, self.history.durations, self.workers, self.history.worker_start_s)
 
-    def _needed_operations(self, items: list[pytest.Item]) -> dict[str, Operation]:
+    def _needed_operations(
+        self, items: list[pytest.Item]
+    ) -> tuple[dict[str, Operation], dict[str, Mapping[str, Any]]]:
+        """The operations the items' fixture closures reach, and the fixtures each one sees."""
         found: dict[str, Operation] = {}
-        if not self.definitions:
-            return found  # nothing batchable was ever defined: no item needs to be looked at
         visible: dict[str, Mapping[str, Any]] = {}
+        if not self.definitions:
+            return found, visible  # nothing batchable was ever defined: no item needs a look
         for item in items:
             definitions = _compat.fixture_definitions(item)
             for name in getattr(item, "fixturenames", ()):
@@ -595,23 +637,44 @@ class ParexecSession:
                         "with @batchable(name=...)"
                     )
                 visible.setdefault(op.name, definitions)
+        return found, visible
+
+    def _with_dependencies(
+        self, found: dict[str, Operation], visible: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, Operation]:
+        """Add the operations ``found`` depends on that no test reaches (e.g. a command's
+        ``after``); refuse dependencies that are no batchable operation."""
+        known: dict[str, Operation] | None = None
+        pending = list(found.values())
+        while pending:
+            op = pending.pop()
+            for dep in op.depends:
+                if dep in found:
+                    continue
+                if known is None:
+                    known = self._definitions()[1]
+                if dep in known:
+                    found[dep] = known[dep]
+                    pending.append(known[dep])
         for op in found.values():
             for dep in op.depends:
                 if dep in found:
                     continue
                 how = "parameter" if dep in op.params else "after= entry"
-                chain = visible[op.name].get(dep)
+                where = "ini parexec_commands" if op.kind == "command" else op.location
+                label = LABELS[op.kind]
+                chain = visible.get(op.name, {}).get(dep)
                 if chain:
                     raise pytest.UsageError(
-                        f"pytest-parexec: {how} {dep!r} of batchable operation {op.name!r} "
-                        f"({op.location}) names an ordinary fixture, not a batchable operation. "
+                        f"pytest-parexec: {how} {dep!r} of {label} {op.name!r} "
+                        f"({where}) names an ordinary fixture, not a batchable operation. "
                         f"Batchable functions take other batchable operations and {TMP_PATH}; "
                         f"make {dep!r} @batchable, or use it in an ordinary fixture that "
                         f"depends on {op.name!r}"
                     )
                 raise pytest.UsageError(
-                    f"pytest-parexec: {how} {dep!r} of batchable operation {op.name!r} "
-                    f"({op.location}) is not a batchable operation visible from it. A parameter "
+                    f"pytest-parexec: {how} {dep!r} of {label} {op.name!r} "
+                    f"({where}) is not a batchable operation visible from it. A parameter "
                     f"must name another @batchable function (in the same module or a conftest.py "
                     f"above it) or be {TMP_PATH}"
                 )
@@ -798,6 +861,7 @@ class ParexecSession:
             result = self._wait_published(op.name)
             results = _Published(self.shared)
         if not result.status.ok:
+            self.surfaced.add(op.name)
             pytest.fail(_failure_message(op.name, result, results, self._kinds()), pytrace=False)
         if op.name not in self._values:
             self._values[op.name] = remote.decode(result.value)
@@ -871,7 +935,14 @@ class ParexecSession:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self._finish_operations()
-        if self.teardown_errors and session.exitstatus == pytest.ExitCode.OK:
+        if self.active is not None:
+            for name, result in self.active.results.items():
+                # A command runs whether or not a test requests it: its failure must show.
+                op = self.all_ops.get(name)
+                command = op is not None and op.kind == "command"
+                if command and result.status is Status.FAILED and name not in self.surfaced:
+                    self.unreported.append(_failure_message(name, result, self.active.results, self._kinds()))
+        if (self.teardown_errors or self.unreported) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         last = self.active
         start_cost = self.start_cost
@@ -892,7 +963,7 @@ class ParexecSession:
                 last,
                 self.mode,
                 reason,
-                finished - self.collected_at,
+                max(0.0, finished - self.collected_at),
                 kinds=self._kinds(),
                 extras=extras,
                 worker_errors=self.executor.start_errors if self.executor is not None else (),
@@ -944,7 +1015,7 @@ class ParexecSession:
         if self.workerinput is not None:
             return
         if self.report is not None and self.report["operations"]:
-            write_summary(terminalreporter, self.report, self.teardown_errors)
+            write_summary(terminalreporter, self.report, self.teardown_errors, self.unreported)
             self.config.hook.pytest_parexec_summary(summary=self.report, terminalreporter=terminalreporter)
 
     def close(self) -> None:

@@ -152,7 +152,7 @@ def format_error(exc: BaseException) -> str:
 
     An EncodeError says all there is to say in its message, so it has no traceback.
     """
-    if isinstance(exc, EncodeError):
+    if isinstance(exc, EncodeError) or getattr(exc, "parexec_no_traceback", False):
         return f"{type(exc).__name__}: {exc}\n"
     report = traceback.TracebackException.from_exception(exc)
     frames = [frame for frame in report.stack if frame.filename != _THIS_FILE]

@@ -318,11 +318,21 @@ def summary_lines(report: Report) -> list[str]:
     return lines
 
 
-def write_summary(terminal: Any, report: Report, errors: Sequence[str] = ()) -> None:
-    """Append the summary section to pytest's terminal report."""
+def write_summary(
+    terminal: Any, report: Report, errors: Sequence[str] = (), failures: Sequence[str] = ()
+) -> None:
+    """Append the summary section to pytest's terminal report.
+
+    ``errors`` are teardown errors; ``failures`` operations that failed where no
+    test shows it (a setup command no test requests).
+    """
     terminal.write_sep("=", SUMMARY_TITLE)
     for line in summary_lines(report):
         terminal.write_line(line)
+    if failures:
+        terminal.write_sep("-", f"failed operations no test requested ({len(failures)})", red=True)
+    for failure in failures:
+        terminal.write_line(failure, red=True)
     if errors:
         terminal.write_sep("-", f"teardown errors ({len(errors)})", red=True)
     for error in errors:

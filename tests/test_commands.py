@@ -230,12 +230,6 @@ def test_after_names_a_batchable_operation_a_test_uses(pytester: pytest.Pytester
     run(pytester, *MODES["parallel"]).assert_outcomes(passed=1)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a command's (after X), X a batchable operation no test requests, is a usage error "
-    "('depends on 'prepare', which is not a batchable operation') instead of planning X, "
-    "as @batchable(after=...) does",
-    strict=True,
-)
 def test_after_names_a_batchable_operation_no_test_uses(pytester: pytest.Pytester) -> None:
     make_ini(pytester, "check (after prepare): test -f prepared && echo ok > checked")
     pytester.makeconftest(
@@ -400,11 +394,6 @@ def test_a_command_over_its_timeout_is_stopped_with_its_children(pytester: pytes
         time.sleep(0.05)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a setup command that fails while no test requests it leaves the exit code 0 and its "
-    "error (exit code, stderr tail) appears nowhere in the terminal, only 'outcomes: 1 failed'",
-    strict=True,
-)
 def test_an_unrequested_failed_command_fails_the_session(pytester: pytest.Pytester) -> None:
     make_ini(pytester, "broken: echo err-line >&2; exit 3")
     pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
@@ -414,11 +403,6 @@ def test_an_unrequested_failed_command_fails_the_session(pytester: pytest.Pytest
     assert result.ret != pytest.ExitCode.OK
 
 
-@pytest.mark.xfail(
-    reason="BUG: a command that exits 0 but prints bytes that are not UTF-8 fails (UnicodeDecodeError "
-    "in run_command's text=True), and is retried, instead of giving its stdout",
-    strict=True,
-)
 def test_a_successful_command_with_non_utf8_output_gives_its_stdout(pytester: pytest.Pytester) -> None:
     make_ini(pytester, "latin: printf 'caf\\351'")
     pytester.makepyfile(test_it="def test_it(latin):\n    assert latin.startswith('caf')\n")

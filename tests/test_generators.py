@@ -441,11 +441,6 @@ def test_the_output_of_a_removed_input_is_deleted(pytester: pytest.Pytester) -> 
     assert hand_written.exists()  # no generator wrote it: never deleted
 
 
-@pytest.mark.xfail(
-    reason="BUG: when the last input of a generator is removed, its outputs are not deleted: "
-    "_write_outputs calls delete_stale only for generators that have at least one operation",
-    strict=True,
-)
 def test_the_outputs_are_deleted_when_every_input_is_removed(pytester: pytest.Pytester) -> None:
     make_project(pytester)
     pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
@@ -493,12 +488,6 @@ def test_a_hand_written_file_is_never_overwritten(pytester: pytest.Pytester) -> 
     assert mine.read_text() == "def test_mine():\n    pass\n"
 
 
-@pytest.mark.xfail(
-    reason="BUG: after --cache-clear (or a deleted .pytest_cache) every generated file counts as "
-    "hand-written: 'refusing to overwrite' although the generator returns exactly its content, and "
-    "the session keeps failing until the user deletes the files",
-    strict=True,
-)
 def test_cache_clear_does_not_turn_generated_files_into_hand_written_ones(pytester: pytest.Pytester) -> None:
     make_project(pytester)
     run(pytester).assert_outcomes(passed=3)
@@ -617,11 +606,6 @@ def test_a_failed_generator_is_an_error_and_keeps_its_earlier_outputs(pytester: 
     assert "assert 7 < threshold" in (pytester.path / "generated" / "test_b.py").read_text()
 
 
-@pytest.mark.xfail(
-    reason="BUG: the JSON report has no files_written/files_unchanged/files_deleted for a failed "
-    "generator operation (ParexecSession.generated has no entry for it)",
-    strict=True,
-)
 def test_every_generator_operation_lists_its_files_in_the_json_report(pytester: pytest.Pytester) -> None:
     make_project(pytester)
     write_specs(pytester, b={"value": 2, "explode": "broken"})
@@ -631,11 +615,6 @@ def test_every_generator_operation_lists_its_files_in_the_json_report(pytester: 
         assert {"files_written", "files_unchanged", "files_deleted"} <= set(op), name
 
 
-@pytest.mark.xfail(
-    reason="BUG: setup_s (the summary's 'setup wait') is negative when only generators ran: it is "
-    "measured from the end of collection to the end of the generators' run, which came before it",
-    strict=True,
-)
 def test_setup_wait_is_never_negative(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
@@ -652,11 +631,6 @@ def test_setup_wait_is_never_negative(pytester: pytest.Pytester) -> None:
     assert "setup wait: -" not in result.stdout.str()
 
 
-@pytest.mark.xfail(
-    reason="BUG: two generators with the same name: one is silently not run (specs.setdefault in "
-    "_generate); two batchable operations with one name are a usage error",
-    strict=True,
-)
 def test_two_generators_with_one_name_are_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
