@@ -1,0 +1,262 @@
+"""Acceptance tests for remote workers: ``--parexec-tx`` and the ini key ``parexec_tx``.
+
+A real second host is an execnet socket server
+(``python -m execnet.script.socketserver``) on the loopback interface: it runs
+each gateway inside its own process, so an operation that ran there reports
+the server's pid. The remote host has its own copy of the project, at the
+spec's ``chdir``. Unreachable hosts are loopback ports where nothing listens.
+Only 127.0.0.1 is ever used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+
+CONFTEST = """
+import os
+import socket
+import time
+from pathlib import Path
+
+from pytest_parexec import batchable
+
+OUT = Path(__file__).parent / "out"
+
+
+def rendezvous(me, *others, timeout=60.0):
+    '''Return once each of ``others`` has started too: they run on different workers.'''
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{me}.here").touch()
+    deadline = time.monotonic() + timeout
+    while not all((OUT / f"{other}.here").exists() for other in others):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{me}: {others} did not start within {timeout}s")
+        time.sleep(0.01)
+
+
+@batchable
+def where():
+    return os.getpid(), os.getcwd(), socket.gethostname()
+
+
+@batchable
+def also_where():
+    return os.getpid(), os.getcwd()
+"""
+
+TEST = """
+def test_where(where, also_where):
+    pass
+"""
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, read, closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    port: int
+    pid: int
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+
+def wait_accepting(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Return once the server accepts connections (a bounded loop, not a speed claim)."""
+    deadline = time.monotonic() + 30.0
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the socket server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1.0):
+                return  # the server reads an empty line from this probe and accepts again
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the socket server did not accept connections within 30 s:\n{log.read_text()}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """An execnet socket server on loopback, run from a directory of its own."""
+    home = tmp_path_factory.mktemp("socket-server")
+    log = home / "server.log"
+    port = free_port()
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "execnet.script.socketserver", f"{LOOPBACK}:{port}"],
+            cwd=home,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_accepting(port, process, log)
+        yield Server(port, process.pid)
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> None:
+    """The scenario's project: two operations and a test that needs both."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_where=TEST)
+
+
+@pytest.fixture
+def remote_checkout(
+    project: None, pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The remote host's own copy of the project, at another path: the spec's chdir."""
+    checkout = tmp_path_factory.mktemp("remote-checkout")
+    shutil.copy(pytester.path / "conftest.py", checkout / "conftest.py")
+    return checkout
+
+
+def read_report(pytester: pytest.Pytester) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((pytester.path / "report.json").read_text())
+    return data
+
+
+def make_test(pytester: pytest.Pytester, body: str) -> None:
+    source = "def test_where(where, also_where):\n" + textwrap.indent(textwrap.dedent(body), "    ")
+    pytester.makepyfile(test_where=source)
+
+
+def test_operations_run_on_a_socket_worker_in_its_chdir(
+    pytester: pytest.Pytester, remote_checkout: Path, socket_server: Server
+) -> None:
+    spec = f"socket={socket_server.address}//chdir={remote_checkout}"
+    make_test(
+        pytester,
+        f"""
+        pid, cwd, host = where
+        assert host == {socket.gethostname()!r}
+        assert pid == {socket_server.pid}
+        assert cwd == {str(remote_checkout)!r}
+        assert also_where == ({socket_server.pid}, {str(remote_checkout)!r})
+        """,
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "parexec", f"--parexec-tx={spec}", "--parexec-report=report.json"
+    )
+    result.assert_outcomes(passed=1)
+    report = read_report(pytester)
+    assert report["workers"] == 1
+    assert report["worker_errors"] == []
+    for op in report["operations"]:
+        assert op["status"] == "passed"
+        assert op["spec"] == spec
+        assert op["host"] == socket.gethostname()
+        assert op["pid"] == socket_server.pid
+    assert "worker error" not in result.stdout.str()
+
+
+@pytest.mark.usefixtures("project")
+def test_ini_parexec_tx_expands_counts_and_the_command_line_replaces_it(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nparexec_tx =\n    2*popen\n    popen\n")
+    pytester.makeconftest(
+        CONFTEST
+        + textwrap.dedent(
+            """
+            @batchable
+            def third():
+                rendezvous("third", "first", "second")
+                return os.getpid()
+
+
+            @batchable
+            def first():
+                rendezvous("first", "second", "third")
+                return os.getpid()
+
+
+            @batchable
+            def second():
+                rendezvous("second", "first", "third")
+                return os.getpid()
+            """
+        )
+    )
+    pytester.makepyfile(
+        test_where="""
+        import os
+
+        def test_three_workers(first, second, third):
+            # The three ran at the same time, so on three local worker processes.
+            assert len({first, second, third, os.getpid()}) == 4
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "parexec", "--parexec-report=report.json")
+    result.assert_outcomes(passed=1)
+    report = read_report(pytester)
+    assert report["workers"] == 3
+    assert {op["spec"] for op in report["operations"]} == {"popen"}
+    assert "--parexec-tx gives 3 workers" in result.stdout.str()
+
+    # --parexec-tx on the command line replaces the ini's list.
+    pytester.makepyfile(
+        test_where="""
+        def test_one_worker(where, also_where):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "parexec", "--parexec-tx=popen", "--parexec-report=report.json"
+    )
+    result.assert_outcomes(passed=1)
+    assert read_report(pytester)["workers"] == 1
+    assert "--parexec-tx gives 1 worker" in result.stdout.str()
+
+
+@pytest.mark.usefixtures("project")
+def test_an_unreachable_spec_is_reported_and_its_operations_run_elsewhere(pytester: pytest.Pytester) -> None:
+    dead = f"socket={LOOPBACK}:{free_port()}"
+    result = pytester.runpytest_subprocess(
+        "-p", "parexec", f"--parexec-tx={dead}", "--parexec-tx=popen", "--parexec-report=report.json"
+    )
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.re_match_lines([rf"worker error: worker gw0 \({dead}\) could not start: .+"])
+    report = read_report(pytester)
+    assert len(report["worker_errors"]) == 1
+    assert report["worker_errors"][0].startswith(f"worker gw0 ({dead}) could not start: ")
+    for op in report["operations"]:
+        assert (op["status"], op["spec"], op["worker"]) == ("passed", "popen", "gw1")
+
+
+@pytest.mark.usefixtures("project")
+def test_the_run_fails_when_no_worker_can_start(pytester: pytest.Pytester) -> None:
+    dead = f"socket={LOOPBACK}:{free_port()}"
+    result = pytester.runpytest_subprocess(
+        "-p", "parexec", f"--parexec-tx={dead}", "--parexec-report=report.json"
+    )
+    result.assert_outcomes(errors=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    stdout = result.stdout.str()
+    assert f"no worker could be started: worker gw0 ({dead}) could not start: " in stdout
+    result.stdout.re_match_lines([rf"worker error: worker gw0 \({dead}\) could not start: .+"])
+    report = read_report(pytester)
+    assert {op["status"] for op in report["operations"]} == {"failed"}
