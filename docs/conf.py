@@ -40,3 +40,5 @@ html_theme_options = {
     "description": "Run a pytest session's expensive setup in parallel.",
     "fixed_sidebar": True,
 }
+# Pictures made by real runs (the quickstart's --parexec-trace SVG), committed with the docs.
+html_static_path = ["_static"]
