@@ -90,7 +90,13 @@ def _sequential_phases(report: Report, depends: Mapping[str, Sequence[str]]) -> 
         members = phase["operations"]
         if phase["kind"] != "sequential" or len(members) < 2:
             continue
-        inside = [(dep, name) for name in members for dep in depends.get(name, ()) if dep in members]
+        ran = {op["name"] for op in report["operations"] if op["status"] in ("passed", "recovered")}
+        inside = [
+            (dep, name)
+            for name in members
+            for dep in depends.get(name, ())
+            if dep in members and dep in ran and name in ran
+        ]
         if len(inside) == 1:
             dep, name = inside[0]
             lines.append(

@@ -370,13 +370,17 @@ class Executor:
         """
         self.events.put((_Event.CANCEL, None))
 
-    def close(self) -> None:
-        """Stop every worker and the processes they started; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self.events.put((_Event.CLOSE, None))
-        self._thread.join()
+    def close(self, wait: bool = True) -> None:
+        """Stop every worker and the processes they started; idempotent.
+
+        ``wait=False`` returns at once (the workers stop in the background); a
+        later ``close()`` waits for them.
+        """
+        if not self._closed:
+            self._closed = True
+            self.events.put((_Event.CLOSE, None))
+        if wait:
+            self._thread.join()
 
     # -- the scheduler thread ------------------------------------------------
 
@@ -479,9 +483,11 @@ class Executor:
             if not result.status.ok:
                 self._skip_descendants(run, name)
         self.max_workers = run.workers
-        # Workers warmed up beyond what this plan can use are stopped unused.
+        # Workers warmed up beyond what this plan can use are stopped unused; the
+        # rest of what it can use start now, not when their operations become ready.
         for worker in self.idle[run.workers :]:
             self._kill(worker)
+        self._grow(min(run.workers, run.plan.width))
 
     # -- workers ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import types
 import uuid
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import pytest
 
@@ -47,9 +47,10 @@ from .operations import GROUPS, PROVIDER_KEY, TMP_PATH, Operation, make_fixture,
 from .planner import Node, Plan, PlanError, auto_workers, build_plan, choose_mode
 from .progress import Follower, Progress, follow
 from .report import Report, build_report, merge_xdist_reports, write_json, write_summary
-from .trace import write_trace
 from .views import AttemptView, PlanView
-from .xdist import POLL_S, SharedRun
+
+if TYPE_CHECKING:
+    from .xdist import SharedRun
 
 MODES: Final = ("auto", "parallel", "sequential")
 DEFAULT_RETRIES: Final = 1
@@ -387,7 +388,12 @@ class ParexecSession:
                 preload=("pytest", "pytest_parexec"),
                 coverage=self.coverage,
             )
-            self.executor = Executor(init, max_workers=self.settings.workers or 1, specs=self.settings.tx)
+            cap = (
+                self.settings.workers
+                or len(self.settings.tx)
+                or auto_workers(sys.maxsize, os.cpu_count() or 1)
+            )
+            self.executor = Executor(init, max_workers=cap, specs=self.settings.tx)
         return self.executor
 
     # -- generators, before collection ------------------------------------------
@@ -414,6 +420,8 @@ class ParexecSession:
             self.config.option.testrunuid = uuid.uuid4().hex
         self._generate()
         if self.pre_run is not None:
+            from .xdist import SharedRun
+
             shared = SharedRun(
                 _compat.tmp_path_factory(self.config).getbasetemp()
                 / f"parexec-{self.config.option.testrunuid}",
@@ -576,8 +584,8 @@ class ParexecSession:
         self.mode, self.mode_reason = self._choose(self.plan, done)
         unused = not self.plan.nodes or self.mode == "sequential"
         if unused and self.executor is not None and self.pre_runner is not self.executor:
-            # Workers started early that this plan will not use.
-            self.executor.close()
+            # Workers started early that this plan will not use stop in the background.
+            self.executor.close(wait=False)
 
     def _build(self, ops: Mapping[str, Operation]) -> Plan:
         expected = self.history.durations
@@ -745,6 +753,8 @@ class ParexecSession:
         """xdist worker: lead the plan if nobody does, else follow (see xdist.py)."""
         assert self.workerinput is not None
         assert self.plan is not None
+        from .xdist import SharedRun  # only under pytest-xdist
+
         self.shared = SharedRun.for_worker(
             _compat.tmp_path_factory(self.config).getbasetemp(), self.workerinput
         )
@@ -881,7 +891,7 @@ class ParexecSession:
                 self._lead_xdist_run()
                 assert self.run is not None
                 return self.run.wait(name)
-            time.sleep(POLL_S)
+            time.sleep(_xdist_poll_s())
 
     def finish(self, op: Operation) -> None:
         """pytest finalizes session fixtures in reverse order: tear down with them.
@@ -890,6 +900,8 @@ class ParexecSession:
         every other teardown error, in the summary (pytest would fold several
         into one exception group on the last test).
         """
+        if self.shared is not None:
+            return  # under xdist: after the last worker's tests (pytest_runtestloop)
         for runner in self._runners():
             runner.teardown([op.name])
 
@@ -985,6 +997,8 @@ class ParexecSession:
             if self.settings.report is not None:
                 write_json(self.report, self.settings.report)
             if self.settings.trace is not None:
+                from .trace import write_trace  # only when asked for: it is not small
+
                 write_trace(self.report, self.settings.trace)
 
     def _send_to_controller(self) -> None:
@@ -1048,6 +1062,12 @@ class GeneratorFailure(pytest.Item):
 
     def reportinfo(self) -> tuple[str, int | None, str]:
         return ("parexec-generator", None, f"generator operation {self.name}")
+
+
+def _xdist_poll_s() -> float:
+    from .xdist import POLL_S
+
+    return POLL_S
 
 
 def _xdist_distributing(config: pytest.Config) -> bool:

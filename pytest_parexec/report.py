@@ -313,6 +313,10 @@ def summary_lines(report: Report) -> list[str]:
                 or "no other worker waited"
             )
         )
+    remote = sorted({(op.get("worker"), op.get("spec")) for op in report["operations"] if op.get("spec")})
+    remote = [(w, spec) for w, spec in remote if spec and "popen" not in spec.split("//")[0]]
+    if remote:
+        lines.append("remote workers: " + ", ".join(f"{w} = {spec}" for w, spec in remote))
     lines.extend(f"worker error: {line}" for line in report["worker_errors"])
     lines.extend(f"advice: {line}" for line in report["recommendations"])
     return lines

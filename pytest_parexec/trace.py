@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from xml.sax.saxutils import escape
 
 from .report import write_text
 
@@ -167,7 +167,10 @@ def svg_gantt(report: Report) -> str:
                 f'fill="url(#failed)" opacity="0.7"/>'
             )
         if w > 40:
-            name = escape(row["name"]) + (" ✗" if failed else "")
+            # About 7 px a character: cut the label to its bar.
+            label_text = row["name"] + (" ✗" if failed else "")
+            fits = max(1, int((w - 8) / 7))
+            name = escape(label_text if len(label_text) <= fits else label_text[: fits - 1] + "…")
             out.append(f'<text x="{x + 4:.1f}" y="{y + 15}" fill="white">{name}</text>')
         out.append("</g>")
     axis_y = top + lane_h * max(1, len(lanes)) + 5

@@ -430,12 +430,6 @@ TEST_TEARDOWN = """
 """
 
 
-@pytest.mark.xfail(
-    reason="BUG: under xdist the leading worker tears a generator operation down when its own "
-    "session fixtures are finalized (ParexecSession.finish -> runner.teardown), before the other "
-    "workers' tests have finished",
-    strict=True,
-)
 def test_generator_teardown_runs_once_after_the_last_worker_finished(pytester: pytest.Pytester) -> None:
     make_suite(pytester, TEARDOWN_CONFTEST, test_teardown=TEST_TEARDOWN)
     # Two tests on two workers: one each (pytest-xdist sends fewer than 2 per worker round-robin).
