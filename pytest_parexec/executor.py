@@ -15,6 +15,7 @@ import enum
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -182,12 +183,21 @@ class _Event(enum.Enum):
 _LOST: Final = object()
 
 _PACKAGE_PARENT: Final = os.path.dirname(os.path.dirname(os.path.abspath(remote.__file__)))
-_LOCAL_BOOTSTRAP: Final = (
-    "import sys\n"
-    f"if {_PACKAGE_PARENT!r} not in sys.path: sys.path.append({_PACKAGE_PARENT!r})\n"
-    "from pytest_parexec.remote import serve_channel\n"
-    "serve_channel(channel)\n"
-)
+
+
+def _bootstrap(entry: str) -> str:
+    """Source that imports this package's worker code in a local worker and runs ``entry``."""
+    return (
+        "import sys\n"
+        f"if {_PACKAGE_PARENT!r} not in sys.path: sys.path.append({_PACKAGE_PARENT!r})\n"
+        f"from pytest_parexec.remote import {entry}\n"
+        f"{entry}(channel)\n"
+    )
+
+
+_LOCAL_BOOTSTRAP: Final = _bootstrap("serve_channel")
+#: Fork local workers from one prepared process where the platform can (see remote.serve_zygote).
+FORK_SERVER: Final = hasattr(os, "fork") and sys.platform.startswith("linux")
 
 
 @dataclasses.dataclass(eq=False)
@@ -206,6 +216,8 @@ class _Worker:
     holds: set[str] = dataclasses.field(default_factory=set)
     tearing_down: str | None = None
     alive: bool = True
+    #: Forked by the zygote (its exit status is the zygote's to collect).
+    forked: bool = False
 
 
 @final
@@ -324,6 +336,10 @@ class Executor:
         self.retrying: str | None = None
         self.cancelled = False
         self._spawn_queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        #: The fork server: (gateway, channel, pid), once started; see remote.serve_zygote.
+        self._zygote: tuple[Any, Any, int] | None = None
+        self._zygote_failed = False
+        self._zygote_lock = threading.Lock()
         self._spawn_thread = threading.Thread(target=self._spawner, name="parexec-spawner", daemon=True)
         self._spawn_thread.start()
         self._thread = threading.Thread(target=self._loop, name="parexec-scheduler", daemon=True)
@@ -524,7 +540,9 @@ class Executor:
             if item is None:
                 return
             worker_id, spec = item
-            if _is_local(spec):
+            if spec == "popen" and self._zygote_ready():
+                self._fork(worker_id)
+            elif _is_local(spec):
                 self._connect(worker_id, spec)
             else:
                 # Nothing is forked for a remote worker, and connecting can block.
@@ -534,6 +552,48 @@ class Executor:
                     name=f"parexec-connect-{worker_id}",
                     daemon=True,
                 ).start()
+
+    def _zygote_ready(self) -> bool:
+        """Start the fork server once (in this thread, like every local fork); False if it can't."""
+        if not FORK_SERVER or self._zygote_failed:
+            return False
+        if self._zygote is not None:
+            return True
+        try:
+            gateway = self.group.makegateway("popen//id=zygote")
+            channel = gateway.remote_exec(_bootstrap("serve_zygote"))
+            channel.send(self._init_message("zygote", local=True, coverage=False))
+            ready = channel.receive(timeout=START_TIMEOUT_S)
+        except BaseException:  # noqa: BLE001 - plain popen workers will do
+            self._zygote_failed = True
+            return False
+        self._zygote = (gateway, channel, int(ready["pid"]))
+        return True
+
+    def _zygote_call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self._zygote is not None
+        with self._zygote_lock:
+            self._zygote[1].send(msg)
+            reply: dict[str, Any] = self._zygote[1].receive(timeout=START_TIMEOUT_S)
+            return reply
+
+    def _fork(self, worker_id: str) -> None:
+        """A worker forked from the zygote, reached over a loopback socket gateway."""
+        try:
+            forked = self._zygote_call({"kind": "fork"})
+        except BaseException as exc:  # noqa: BLE001 - reported through the queue
+            self.events.put((_Event.START_FAILED, (worker_id, "popen", f"{type(exc).__name__}: {exc}")))
+            return
+
+        def connect() -> None:
+            try:
+                gateway = self.group.makegateway(f"socket=127.0.0.1:{forked['port']}//id={worker_id}")
+            except BaseException as exc:  # noqa: BLE001
+                self.events.put((_Event.START_FAILED, (worker_id, "popen", f"{type(exc).__name__}: {exc}")))
+                return
+            self._handshake(worker_id, "popen", gateway, forked=True)
+
+        threading.Thread(target=connect, name=f"parexec-connect-{worker_id}", daemon=True).start()
 
     def _connect(self, worker_id: str, spec: str) -> None:
         try:
@@ -548,28 +608,30 @@ class Executor:
             daemon=True,
         ).start()
 
-    def _handshake(self, worker_id: str, spec: str, gateway: Any) -> None:
+    def _init_message(self, worker_id: str, local: bool, coverage: bool = True) -> dict[str, Any]:
+        return {
+            "cwd": self.init.cwd if local else None,
+            "sys_path": list(self.init.sys_path) if local else [],
+            "env": dict(self.init.env) if local else {},
+            # A remote worker makes its own temporary directory (and removes it).
+            "capture_dir": os.path.join(self.init.scratch, worker_id) if local else None,
+            "own_process_group": local,
+            "preload": list(self.init.preload),
+            "coverage": (
+                dict(self.init.coverage, suffix=f"parexec.{worker_id}")
+                if local and coverage and self.init.coverage
+                else None
+            ),
+        }
+
+    def _handshake(self, worker_id: str, spec: str, gateway: Any, forked: bool = False) -> None:
         local = _is_local(spec)
         try:
             # A local worker runs the same interpreter, so it imports this package's
             # remote module (which coverage.py can then measure); a remote host may
             # not have the package, so it gets the module's source.
             channel = gateway.remote_exec(_LOCAL_BOOTSTRAP if local else remote)
-            init = {
-                "cwd": self.init.cwd if local else None,
-                "sys_path": list(self.init.sys_path) if local else [],
-                "env": dict(self.init.env) if local else {},
-                # A remote worker makes its own temporary directory (and removes it).
-                "capture_dir": os.path.join(self.init.scratch, worker_id) if local else None,
-                "own_process_group": local,
-                "preload": list(self.init.preload),
-                "coverage": (
-                    dict(self.init.coverage, suffix=f"parexec.{worker_id}")
-                    if local and self.init.coverage
-                    else None
-                ),
-            }
-            channel.send(init)
+            channel.send(self._init_message(worker_id, local))
             ready = channel.receive(timeout=START_TIMEOUT_S)
         except BaseException as exc:  # noqa: BLE001 - reported through the queue
             self.events.put((_Event.START_FAILED, (worker_id, spec, f"{type(exc).__name__}: {exc}")))
@@ -582,6 +644,7 @@ class Executor:
             pid=int(ready["pid"]),
             host=str(ready["host"]),
             local=local,
+            forked=forked,
         )
         channel.setcallback(lambda msg: self.events.put((_Event.MESSAGE, (worker, msg))), endmarker=_LOST)
         self.events.put((_Event.READY, worker))
@@ -621,12 +684,19 @@ class Executor:
             pass
 
     def _exit_status(self, worker: _Worker) -> str:
-        popen = getattr(getattr(worker.gateway, "_io", None), "popen", None)
-        if popen is None:
-            return "unknown exit status"
-        try:
-            code = popen.wait(timeout=5)
-        except Exception:  # noqa: BLE001
+        code: int | None
+        if worker.forked and self._zygote is not None:
+            try:
+                code = self._zygote_call({"kind": "status", "pid": worker.pid})["code"]
+            except Exception:  # noqa: BLE001
+                code = None
+        else:
+            popen = getattr(getattr(worker.gateway, "_io", None), "popen", None)
+            try:
+                code = popen.wait(timeout=5) if popen is not None else None
+            except Exception:  # noqa: BLE001
+                code = None
+        if code is None:
             return "unknown exit status"
         if code < 0:
             try:
@@ -981,6 +1051,9 @@ class Executor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(worker.pid, signal.SIGKILL)
             worker.alive = False
+        if self._zygote is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._zygote[2], signal.SIGKILL)
 
 
 def attempt_tmp_path(tmp_path: str | None, attempt: int) -> str | None:
