@@ -143,8 +143,9 @@ class ProgressEvent:
     retrying: bool = False
     #: For FINISHED: the failed attempt's error.
     error: str | None = None
-    #: For RESULT: the final status.
+    #: For RESULT: the final status, and the result itself.
     status: Status | None = None
+    result: OperationResult | None = None
 
 
 @dataclasses.dataclass
@@ -265,7 +266,9 @@ class PlanRun:
             if len(self.results) == len(self.plan):
                 self.finished_at = time.perf_counter()
             self._cond.notify_all()
-        self._emit(ProgressEvent(EventKind.RESULT, result.name, self.now(), status=result.status))
+        self._emit(
+            ProgressEvent(EventKind.RESULT, result.name, self.now(), status=result.status, result=result)
+        )
 
     def _emit(self, event: ProgressEvent) -> None:
         if self.listener is not None:

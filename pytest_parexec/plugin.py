@@ -22,16 +22,6 @@ import pytest
 
 from . import _compat, _coverage, hookspecs, remote
 from .commands import CommandError, parse_commands
-from .executor import (
-    Executor,
-    InProcessRunner,
-    OperationResult,
-    PlanRun,
-    ProgressEvent,
-    Status,
-    Task,
-    WorkerInit,
-)
 from .generators import (
     FileRecord,
     GeneratorSpec,
@@ -45,11 +35,12 @@ from .generators import (
 from .history import History
 from .operations import GROUPS, PROVIDER_KEY, TMP_PATH, Operation, make_fixture, on_definition, operation_of
 from .planner import Node, Plan, PlanError, auto_workers, build_plan, choose_mode
-from .progress import Follower, Progress, follow
-from .report import Report, build_report, merge_xdist_reports, write_json, write_summary
-from .views import AttemptView, PlanView
 
 if TYPE_CHECKING:
+    # The engine, the display and the report are imported where a session first
+    # needs them: a suite without batchable operations never pays for them.
+    from .executor import Executor, InProcessRunner, OperationResult, PlanRun, ProgressEvent, Task
+    from .report import Report
     from .xdist import SharedRun
 
 MODES: Final = ("auto", "parallel", "sequential")
@@ -375,6 +366,8 @@ class ParexecSession:
 
     def _executor(self) -> Executor:
         if self.executor is None:
+            from .executor import Executor, WorkerInit
+
             factory = _compat.tmp_path_factory(self.config)
             scratch = factory.getbasetemp() / "parexec-workers"
             init = WorkerInit(
@@ -503,6 +496,8 @@ class ParexecSession:
         owner: Mapping[str, GeneratorSpec],
         ops: Mapping[str, Operation],
     ) -> None:
+        from .executor import Status
+
         assert self.pre_run is not None
         results = self.pre_run.results
         failed: dict[str, set[str]] = {}
@@ -691,6 +686,8 @@ class ParexecSession:
     def _tasks(
         self, ops: Mapping[str, Operation], prechecks: Mapping[str, Callable[[Mapping[str, object]], bool]]
     ) -> dict[str, Task]:
+        from .executor import Task
+
         factory = _compat.tmp_path_factory(self.config)
         tasks = {}
         for name, op in ops.items():
@@ -728,6 +725,8 @@ class ParexecSession:
             if self.workerinput is not None:
                 self._join_xdist_run()
             else:
+                from .executor import InProcessRunner
+
                 reuse = self.mode == "sequential" and isinstance(self.pre_runner, InProcessRunner)
                 runner = self.pre_runner if reuse and self.pre_runner is not None else self._runner(self.mode)
                 self.runner = runner
@@ -767,15 +766,11 @@ class ParexecSession:
         assert self.shared is not None
         assert self.plan is not None
         shared = self.shared
+        from .executor import PlanRun
+
         prior = PlanRun.of_results(self.plan, shared.loaded(self.plan.order).values())
         self.xdist_prior = set(prior.results)
         self.runner = self._runner(self.mode)
-        run_ref: list[PlanRun] = []
-
-        def publish(name: str) -> None:
-            if run_ref:
-                shared.publish(run_ref[0].results[name])
-
         self.run = self._run(
             self.runner,
             self.plan,
@@ -784,11 +779,13 @@ class ParexecSession:
             self.mode,
             prior=prior,
             reason=self.mode_reason,
-            on_result=publish,
-            run_ref=run_ref,
+            on_result=shared.publish,  # as each result arrives, in-process runs included
         )
+        shared.mark_plan_done()
 
     def _runner(self, mode: str) -> Executor | InProcessRunner:
+        from .executor import InProcessRunner
+
         if mode == "sequential":
             return InProcessRunner(_call_in_process)
         return self._executor()
@@ -802,10 +799,13 @@ class ParexecSession:
         mode: str,
         prior: PlanRun | None,
         reason: str,
-        on_result: Callable[[str], None] | None = None,
-        run_ref: list[PlanRun] | None = None,
+        on_result: Callable[[OperationResult], None] | None = None,
     ) -> PlanRun:
         """Run ``plan``, showing its progress; return when every operation has a result."""
+        from .executor import InProcessRunner
+        from .progress import Follower, Progress, follow
+        from .views import PlanView
+
         todo = {n: op for n, op in ops.items() if prior is None or n not in prior.results}
         tasks = self._tasks(todo, prechecks)
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -830,18 +830,16 @@ class ParexecSession:
                 run = runner.submit(plan, tasks, prior=prior, listener=follower.handle)
             finally:
                 self.active = runner.run  # for the teardowns, even when interrupted
-            if run_ref is not None:
-                run_ref.append(run)
             progress.finish(run)
             return run
         run = runner.submit(plan, tasks, workers=self.workers, prior=prior)
         self.active = run  # before waiting: an interrupted session tears this run down
-        if run_ref is not None:
-            run_ref.append(run)
         follow(run, follower)
         return run
 
     def _attempt_finished(self, event: ProgressEvent) -> None:
+        from .views import AttemptView
+
         status = "passed" if event.ok else ("retrying" if event.retrying else "failed")
         self.config.hook.pytest_parexec_operation_finished(
             result=AttemptView(
@@ -891,6 +889,13 @@ class ParexecSession:
                 self._lead_xdist_run()
                 assert self.run is not None
                 return self.run.wait(name)
+            if self.shared.plan_done() and self.shared.load(name) is None:
+                # Never wait for what the leader will not publish.
+                pytest.fail(
+                    f"pytest-parexec: the xdist worker that ran the plan published no result for "
+                    f"{name!r}; this is a bug in pytest-parexec, please report it",
+                    pytrace=False,
+                )
             time.sleep(_xdist_poll_s())
 
     def finish(self, op: Operation) -> None:
@@ -920,6 +925,8 @@ class ParexecSession:
 
     def _finish_operations(self) -> None:
         """Tear down what is still set up, stop the workers; idempotent."""
+        from .executor import Executor
+
         if self.finished:
             return
         self.finished = True
@@ -947,6 +954,9 @@ class ParexecSession:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self._finish_operations()
+        from .executor import Status
+        from .report import build_report, merge_xdist_reports, write_json
+
         if self.active is not None:
             for name, result in self.active.results.items():
                 # A command runs whether or not a test requests it: its failure must show.
@@ -1029,6 +1039,8 @@ class ParexecSession:
         if self.workerinput is not None:
             return
         if self.report is not None and self.report["operations"]:
+            from .report import write_summary
+
             write_summary(terminalreporter, self.report, self.teardown_errors, self.unreported)
             self.config.hook.pytest_parexec_summary(summary=self.report, terminalreporter=terminalreporter)
 
@@ -1081,7 +1093,7 @@ def _xdist_distributing(config: pytest.Config) -> bool:
     )
 
 
-class _Published(dict[str, OperationResult]):
+class _Published(dict[str, "OperationResult"]):
     """Results published by other xdist workers, loaded on first use."""
 
     def __init__(self, shared: SharedRun | None) -> None:

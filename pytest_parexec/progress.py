@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, final
 
-from .executor import EventKind, PlanRun, ProgressEvent, Status
+from .executor import EventKind, OperationResult, PlanRun, ProgressEvent, Status
 from .planner import GROUP_ORDER, Plan
 from .report import compute_phases
 
@@ -223,7 +223,7 @@ class Follower:
         run_size: int,
         progress: Progress,
         on_finished: Callable[[ProgressEvent], None] | None = None,
-        on_result: Callable[[str], None] | None = None,
+        on_result: Callable[[OperationResult], None] | None = None,
     ) -> None:
         self.remaining = run_size
         self.progress = progress
@@ -233,8 +233,8 @@ class Follower:
     def handle(self, event: ProgressEvent) -> None:
         if event.kind is EventKind.RESULT:
             self.remaining -= 1
-            if self.on_result is not None:
-                self.on_result(event.name)
+            if self.on_result is not None and event.result is not None:
+                self.on_result(event.result)
         self.progress.handle(event)
         if event.kind is EventKind.FINISHED and self.on_finished is not None:
             self.on_finished(event)

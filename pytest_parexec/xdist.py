@@ -146,6 +146,13 @@ class SharedRun:
                 found[name] = result
         return found
 
+    def mark_plan_done(self) -> None:
+        """Every result of the leader's plan is published."""
+        write_text(self.directory / "plan-done", "")
+
+    def plan_done(self) -> bool:
+        return (self.directory / "plan-done").exists()
+
     # -- who is still running tests ---------------------------------------------
 
     def join(self) -> None:

@@ -328,6 +328,18 @@ TEST_FAILURES = """
 """
 
 
+def test_a_leader_running_in_process_publishes_every_result(pytester: pytest.Pytester) -> None:
+    # Regression: with --parexec=sequential (or auto choosing it) the leading xdist worker ran
+    # the plan in its own process and published nothing, so the others waited forever.
+    make_suite(pytester, ONCE_CONFTEST, test_one=TEST_ONE, test_two=TEST_TWO)
+    result = pytester.runpytest_subprocess(
+        "-p", "parexec", "-n", "2", "--dist", "load", "--parexec=sequential", timeout=120
+    )
+    result.assert_outcomes(passed=6)
+    runs = runs_of(pytester, OPERATIONS)
+    assert {name: len(pids) for name, pids in runs.items()} == dict.fromkeys(OPERATIONS, 1)
+
+
 def test_a_failure_is_reported_to_every_worker_that_needs_it_without_rerunning(
     pytester: pytest.Pytester,
 ) -> None:
