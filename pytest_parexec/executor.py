@@ -169,6 +169,16 @@ class OperationResult:
     def last(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
 
+    @classmethod
+    def skipped(cls, name: str, root: str) -> OperationResult:
+        """Not run because ``root``, a dependency (direct or not), failed."""
+        return cls(
+            name=name,
+            status=Status.SKIPPED,
+            blocked_by=root,
+            message=f"not run: its dependency {root!r} failed",
+        )
+
 
 class _Event(enum.Enum):
     READY = "ready"
@@ -956,14 +966,7 @@ class Executor:
         for child in run.plan.descendants(name):
             if child not in run.results:
                 self.started_ops.add(child)
-                run._set(
-                    OperationResult(
-                        name=child,
-                        status=Status.SKIPPED,
-                        blocked_by=root,
-                        message=f"not run: its dependency {root!r} failed",
-                    )
-                )
+                run._set(OperationResult.skipped(child, root))
 
     # -- teardown ----------------------------------------------------------------
 
@@ -1095,15 +1098,7 @@ class InProcessRunner:
             task = tasks[name]
             blocked = next((d for d in plan.nodes[name].depends if not run.results[d].status.ok), None)
             if blocked is not None:
-                root = run.results[blocked].blocked_by or blocked
-                run._set(
-                    OperationResult(
-                        name=name,
-                        status=Status.SKIPPED,
-                        blocked_by=root,
-                        message=f"not run: its dependency {root!r} failed",
-                    )
-                )
+                run._set(OperationResult.skipped(name, run.results[blocked].blocked_by or blocked))
                 continue
             if task.precheck is not None and task.precheck(
                 {**{p: run.results[p].value for p in task.params}, **task.constants}

@@ -925,6 +925,10 @@ class ParexecSession:
 
     def _finish_operations(self) -> None:
         """Tear down what is still set up, stop the workers; idempotent."""
+        if self.active is None and self.executor is None:
+            self.finished = True
+            self.close()
+            return  # nothing ran and no worker started: nothing to import or stop
         from .executor import Executor
 
         if self.finished:
@@ -954,6 +958,8 @@ class ParexecSession:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self._finish_operations()
+        if self.active is None and not self.node_outputs and self.workerinput is None:
+            return  # nothing ran here, nothing to report (an xdist follower still reports)
         from .executor import Status
         from .report import build_report, merge_xdist_reports, write_json
 

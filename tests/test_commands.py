@@ -9,14 +9,13 @@ time measurements.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import process_gone
 
 from pytest_parexec import infer_group
 from pytest_parexec.commands import SYNTAX
@@ -50,19 +49,6 @@ def report(pytester: pytest.Pytester) -> dict[str, Any]:
 
 def report_ops(pytester: pytest.Pytester) -> dict[str, dict[str, Any]]:
     return {op["name"]: op for op in report(pytester)["operations"]}
-
-
-def process_gone(pid: int) -> bool:
-    """True if ``pid`` no longer runs (absent, or a zombie waiting to be reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 # -- values ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import process_gone
 
 #: The start of every scenario's conftest.py.
 HELPERS = r'''
@@ -88,19 +89,6 @@ def read_report(pytester: pytest.Pytester, path: str = "report.json") -> dict[st
 
 def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {op["name"]: op for op in report["operations"]}
-
-
-def process_gone(pid: int) -> bool:
-    """True if ``pid`` no longer runs (absent, or a zombie waiting to be reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def processes_with_env(tag: str) -> list[int]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import textwrap
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import process_gone
 
 #: The start of every scenario's conftest.py.
 HELPERS = r'''
@@ -122,19 +122,6 @@ def recorded_pids(pytester: pytest.Pytester) -> dict[str, list[int]]:
         label, pid = line.split()
         found.setdefault(label, []).append(int(pid))
     return found
-
-
-def process_gone(pid: int) -> bool:
-    """True if ``pid`` no longer runs (absent, or a zombie waiting to be reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def assert_processes_gone(pytester: pytest.Pytester, *labels: str) -> None:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _support import process_gone
 
 CONFTEST = r'''
 import os
@@ -60,19 +61,6 @@ def test_g(g_quick):
 def test_s(s_slow):
     pass
 """
-
-
-def process_gone(pid: int) -> bool:
-    """True if ``pid`` no longer runs (absent, or a zombie waiting to be reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def wait_gone(pids: dict[str, int]) -> None:
