@@ -295,7 +295,9 @@ def summary_lines(report: Report) -> list[str]:
     )
     lines.append(f"sequential estimate: {report['sequential_s']:.2f}s")
     lines.append(f"parallel actual: {report['wall_s']:.2f}s")
-    lines.append(f"time saved: {report['saved_s']:.2f}s (efficiency {report['efficiency'] * 100:.0f}%)")
+    saved = round(report["saved_s"], 2) + 0.0  # + 0.0: no "-0.00s"
+    efficiency = round(report["efficiency"] * 100) + 0
+    lines.append(f"time saved: {saved:.2f}s (efficiency {efficiency}%)")
     lines.append(f"setup wait: {report['setup_s']:.2f}s from end of collection to last result")
     if report["critical_path"]:
         chain = " -> ".join(report["critical_path"])
