@@ -792,7 +792,8 @@ class Executor:
             # A retry runs alone: nothing new starts until it has finished.
             if self.retrying is None:
                 self._dispatch_retry(run)
-            return
+            if self.retry_queue or self.retrying is not None:
+                return
         ready = self._ready(run)
         while ready and self.idle:
             self._send_run(self.idle.pop(0), ready.pop(0))
@@ -823,28 +824,30 @@ class Executor:
         """A retry runs alone, on a fresh worker, once everything else has finished."""
         if self._running():
             return
-        if self.fresh is None:
-            self.fresh = self._start(self._retry_spec())
+        if self.fresh is None and not self.specs:
+            self.fresh = self._start("popen")
             return
+        # With explicit specs (--parexec-tx) there is no worker beyond those given: the
+        # retry runs alone on one that is up.
         worker = next((w for w in self.idle if w.id == self.fresh), None)
         if worker is None:
-            if self.fresh not in self.workers and self.starting == 0:
-                # The fresh worker could not start: the retry fails with that reason.
-                self.fresh = None
+            if self.fresh is not None and (self.fresh in self.workers or self.starting > 0):
+                return  # still starting
+            # No fresh worker (e.g. a socket server serves one connection at a time):
+            # the retry runs alone on a worker that is up, or fails with its first error.
+            self.fresh = None
+            worker = self.idle[0] if self.idle else None
+            if worker is None:
                 name = self.retry_queue.pop(0)
-                reason = "; ".join(self.start_errors[-1:]) or "a fresh worker could not start"
+                first = self.failures[name][-1].error or ""
+                why = "; ".join(self.start_errors[-1:]) or "no worker could be started"
+                reason = f"{first.rstrip()}\n(not retried: {why})"
                 self._record_failure(run, name, reason, reason)
-            return
+                return
         self.fresh = None
         self.idle.remove(worker)
         self.retrying = self.retry_queue.pop(0)
         self._send_run(worker, self.retrying)
-
-    def _retry_spec(self) -> str:
-        if not self.specs:
-            return "popen"
-        live = self._live()
-        return live[0].spec if live else self.specs[0]
 
     def _fail_unrunnable(self, run: PlanRun) -> None:
         reason = "no worker could be started: " + "; ".join(self.start_errors or ["unknown error"])
@@ -1047,6 +1050,10 @@ class Executor:
                 if msg is _LOST or msg.get("kind") == "stopped":
                     stopping.discard(worker.id)
         self._spawn_queue.put(None)
+        if self._zygote is not None:
+            # Let it exit by itself first (a process killed mid-way leaves broken files behind).
+            with contextlib.suppress(Exception), self._zygote_lock:
+                self._zygote[1].send({"kind": "stop"})
         local = [w for w in self.workers.values() if w.local]
         try:
             self.group.terminate(timeout=STOP_GRACE_S)

@@ -12,11 +12,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, TypeVar, final, overload
 
+from ._files import atomic_write
 from .operations import GROUPS, Operation, ParexecError, check_function
 from .remote import encode
 
@@ -339,7 +339,7 @@ class FileRecord:
             if path.is_file() and path.read_bytes() == data:
                 done.unchanged.append(relative)
             else:
-                _atomic_write(path, data)
+                atomic_write(path, data)
                 done.written.append(relative)
             owned[relative] = digest(data)
         self.operations[op_name] = {"generator": spec.name, "inputs": inputs, "files": sorted(outputs)}
@@ -373,18 +373,6 @@ class FileRecord:
                 deleted.append(relative)
             del owned[relative]
         return deleted
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def encoded_constants(op: Operation) -> dict[str, object]:

@@ -146,10 +146,14 @@ def check_function(
     if not inspect.isfunction(func):
         raise ParexecError(f"{where}: {decorator} decorates functions, got {type(func).__name__}")
     if func.__name__ == "<lambda>" or func.__qualname__ != func.__name__:
+        home = (
+            "of the rootdir's conftest.py or a plugin module"
+            if decorator == "@generator"
+            else "of a conftest.py, a test module or an importable module"
+        )
         raise ParexecError(
             f"{where}: {decorator} functions must be module-level functions, because "
-            "worker processes import them by module and name; move it to the top level "
-            "of a conftest.py, a test module or an importable module"
+            f"worker processes import them by module and name; move it to the top level {home}"
         )
     if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
         raise ParexecError(f"{where}: async functions are not supported; use a plain def")

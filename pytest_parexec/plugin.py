@@ -675,6 +675,12 @@ class ParexecSession:
                         f"make {dep!r} @batchable, or use it in an ordinary fixture that "
                         f"depends on {op.name!r}"
                     )
+                if op.kind == "command":
+                    raise pytest.UsageError(
+                        f"pytest-parexec: setup command {op.name!r} (ini parexec_commands) runs "
+                        f"(after {dep}), but {dep!r} is no batchable operation or setup command; "
+                        "check the name"
+                    )
                 raise pytest.UsageError(
                     f"pytest-parexec: {how} {dep!r} of {label} {op.name!r} "
                     f"({where}) is not a batchable operation visible from it. A parameter "

@@ -143,8 +143,15 @@ def finish_call(state: Generator[Any] | None) -> None:
     )
 
 
-#: This module's file name as its frames show it ("<remote exec>" on a remote host).
+#: This module's file name as its frames show it, where it was imported from a file.
 _THIS_FILE = globals().get("__file__") or "<remote exec>"
+
+
+def _is_ours(filename: str) -> bool:
+    """A frame of this module: imported here, or sent to a remote host as source."""
+    return filename in (_THIS_FILE, "<remote exec>") or filename.replace("\\", "/").endswith(
+        "pytest_parexec/remote.py"
+    )
 
 
 def format_error(exc: BaseException) -> str:
@@ -155,7 +162,7 @@ def format_error(exc: BaseException) -> str:
     if isinstance(exc, EncodeError) or getattr(exc, "parexec_no_traceback", False):
         return f"{type(exc).__name__}: {exc}\n"
     report = traceback.TracebackException.from_exception(exc)
-    frames = [frame for frame in report.stack if frame.filename != _THIS_FILE]
+    frames = [frame for frame in report.stack if not _is_ours(frame.filename)]
     report.stack = traceback.StackSummary.from_list(frames)
     return "".join(report.format())
 
@@ -330,6 +337,9 @@ def _start_coverage(options: dict[str, Any] | None) -> None:
         include=options.get("include"),
         omit=options.get("omit"),
     )
+    # A worker that runs nothing measurable must not print coverage.py's warnings
+    # into the middle of pytest's output.
+    cov.config.disable_warnings.extend(["no-data-collected", "module-not-imported", "module-not-measured"])
     cov.start()
 
 
@@ -354,6 +364,9 @@ def _init_worker(init: dict[str, Any]) -> dict[str, Any]:
         _die_with_parent()
     if init.get("cwd"):
         os.chdir(init["cwd"])
+    elif os.getcwd() not in sys.path:
+        # A remote host: the project is the directory it started in (its chdir).
+        sys.path.insert(0, os.getcwd())
     for entry in reversed(init.get("sys_path") or []):
         if entry not in sys.path:
             sys.path.insert(0, entry)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypedDict
 
+from ._files import atomic_write
 from .advice import recommendations
 from .executor import OperationResult, PlanRun, Status
 from .planner import GROUP_ORDER, critical_path
@@ -233,15 +232,7 @@ def build_report(
 
 def write_text(path: Path, text: str) -> None:
     """Write ``path`` atomically (a temporary file, then a rename): never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, text.encode("utf-8"))
 
 
 def write_json(report: Mapping[str, Any], path: Path) -> None:

@@ -260,3 +260,43 @@ def test_the_run_fails_when_no_worker_can_start(pytester: pytest.Pytester) -> No
     result.stdout.re_match_lines([rf"worker error: worker gw0 \({dead}\) could not start: .+"])
     report = read_report(pytester)
     assert {op["status"] for op in report["operations"]} == {"failed"}
+
+
+def test_a_retry_runs_on_the_one_socket_worker_when_no_fresh_worker_can_start(
+    pytester: pytest.Pytester, socket_server: Server, tmp_path: Path
+) -> None:
+    # execnet's socket server serves one connection at a time, so a fresh worker for a
+    # retry never answers. Regression: the session hung (nothing woke the scheduler for
+    # the other ready operation). With --parexec-tx the retry runs alone on a worker
+    # that is up, and the operation recovers.
+    marker = tmp_path / "failed-once"
+    pytester.makeconftest(
+        f"""
+        from pathlib import Path
+
+        from pytest_parexec import batchable
+
+        @batchable
+        def flaky():
+            marker = Path({str(marker)!r})
+            if not marker.exists():
+                marker.write_text("x")
+                raise RuntimeError("first attempt fails")
+            return "ok"
+
+        @batchable
+        def steady():
+            return "fine"
+        """
+    )
+    pytester.makepyfile(test_it="def test_it(flaky, steady):\n    assert (flaky, steady) == ('ok', 'fine')\n")
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "parexec",
+        f"--parexec-tx=socket={socket_server.address}//chdir={pytester.path}",
+        "--parexec-report=report.json",
+        timeout=120,
+    )
+    result.assert_outcomes(passed=1)
+    statuses = {op["name"]: (op["status"], op["attempts"]) for op in read_report(pytester)["operations"]}
+    assert statuses == {"flaky": ("recovered", 2), "steady": ("passed", 1)}
