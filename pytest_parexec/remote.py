@@ -148,10 +148,9 @@ _THIS_FILE = globals().get("__file__") or "<remote exec>"
 
 
 def _is_ours(filename: str) -> bool:
-    """A frame of this module: imported here, or sent to a remote host as source."""
-    return filename in (_THIS_FILE, "<remote exec>") or filename.replace("\\", "/").endswith(
-        "pytest_parexec/remote.py"
-    )
+    """A frame of pytest-parexec (this module imported or sent as source, or the
+    in-process runner): users need only their own frames."""
+    return filename in (_THIS_FILE, "<remote exec>") or "/pytest_parexec/" in filename.replace("\\", "/")
 
 
 def format_error(exc: BaseException) -> str:
