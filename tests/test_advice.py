@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from _support import pytester_with_only_parexec  # noqa: F401 - the pytester fixture
 
 from pytest_parexec.advice import IDLE_BELOW, SHORT_S, recommendations
 from pytest_parexec.planner import critical_path
@@ -278,14 +279,6 @@ def test_all_rules_at_once_in_their_order() -> None:
 
 
 # -- acceptance -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """Only pytest-parexec (from ``-p parexec``): autoloading the other installed plugins
-    would cost about a second per run."""
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    return pytester
 
 
 def test_summary_advice_lines_are_the_json_recommendations(pytester: pytest.Pytester) -> None:

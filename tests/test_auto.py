@@ -12,6 +12,7 @@ import textwrap
 from typing import Any
 
 import pytest
+from _support import pytester_with_only_parexec  # noqa: F401 - the pytester fixture
 
 from pytest_parexec.planner import Node, Plan, build_plan, choose_mode, simulate
 
@@ -216,14 +217,6 @@ PID_CONFTEST = """
     def seed_db(schema_db):
         return os.getpid()
 """
-
-
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """Only pytest-parexec (from ``-p parexec``): autoloading the other installed plugins
-    would cost about a second per run."""
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    return pytester
 
 
 def make_suite(pytester: pytest.Pytester, uses: str, where: str) -> None:

@@ -223,32 +223,6 @@ def test_cycle_is_named_in_order(pytester: pytest.Pytester, conftest: str, cycle
     assert "outside" not in line
 
 
-def test_function_that_is_not_module_level_is_refused(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_lambda="""
-            from pytest_parexec import batchable
-
-            anonymous = batchable(lambda: 1)
-        """,
-        test_nested="""
-            from pytest_parexec import batchable
-
-            def make():
-                @batchable
-                def inner():
-                    return 1
-                return inner
-
-            inner = make()
-        """,
-    )
-    result = pytester.runpytest_subprocess("-p", "parexec")
-    result.assert_outcomes(errors=2)
-    output = result.stdout.str()
-    for name in ("<lambda>", "make.<locals>.inner"):
-        assert re.search(rf"ParexecError: .*{re.escape(name)}.*module-level", output), output
-
-
 def test_unknown_group_is_named_with_the_valid_ones(pytester: pytest.Pytester) -> None:
     make_conftest(
         pytester,

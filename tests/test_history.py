@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import pytester_with_only_parexec  # noqa: F401 - the pytester fixture
 
 from pytest_parexec.history import CACHE_KEY, SMOOTHING, History, ParexecWarning
 
@@ -212,14 +213,6 @@ TESTS = """
 """
 
 NAMES = {"schema_db", "app_config"}
-
-
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """Only pytest-parexec (from ``-p parexec``): autoloading the other installed plugins
-    would cost about a second per run."""
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    return pytester
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from _support import pytester_with_only_parexec  # noqa: F401 - the pytester fixture
 
 from pytest_parexec.executor import (
     EventKind,
@@ -467,14 +468,6 @@ def test_services(api_service, web_service):
 """
 
 OPERATIONS = ("schema_db", "users_db", "api_service", "web_service")
-
-
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """Only pytest-parexec (from ``-p parexec``): autoloading the other installed plugins
-    would cost about a second per run."""
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    return pytester
 
 
 @pytest.fixture

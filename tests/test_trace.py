@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import pytester_with_only_parexec  # noqa: F401 - the pytester fixture
 
 from pytest_parexec.report import Report
 from pytest_parexec.trace import GROUP_COLOURS, chrome_trace, svg_gantt, write_trace
@@ -322,14 +323,6 @@ TESTS = """
     def test_setup(flaky_service, app_config):
         assert flaky_service == "schema+service"
 """
-
-
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """Only pytest-parexec (from ``-p parexec``): autoloading the other installed plugins
-    would cost about a second per run."""
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    return pytester
 
 
 @pytest.fixture
