@@ -255,9 +255,12 @@ class PlanRun:
         self.events: queue.Queue[ProgressEvent] = queue.Queue()
         self._cond = threading.Condition()
         if prior is not None:
+            # Inherited, not news: filled in without events (the display showed them).
             for name, result in prior.results.items():
                 if name in plan.nodes:
-                    self._set(result)
+                    self.results[name] = result
+            if len(self.results) == len(plan):
+                self.finished_at = time.perf_counter()
 
     @classmethod
     def of_results(cls, plan: Plan, results: Iterable[OperationResult]) -> PlanRun:

@@ -518,7 +518,9 @@ class ParexecSession:
                     spec, name, outputs, record.inputs_key(ops[name], spec, args)
                 )
             except (OutputError, OSError) as exc:
-                # Nothing of this operation was written: it counts as a failed generator.
+                # Nothing of this operation was written: it counts as a failed generator
+                # (its attempt passed, so say here what became of it).
+                self._say(f"parexec: {name} failed: {exc}")
                 result.status, result.error, result.message = Status.FAILED, str(exc), str(exc)
                 failed.setdefault(spec.name, set()).add(name)
                 self.generated[name] = Written(unchanged=record.keep(name))
@@ -541,6 +543,12 @@ class ParexecSession:
                 self.generated.setdefault(first, Written()).deleted.extend(deleted)
             elif deleted:
                 self.stale_deleted.extend(deleted)
+
+    def _say(self, line: str) -> None:
+        """A line on the terminal, unless -q."""
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None and self.config.get_verbosity() >= 0:
+            terminal.write_line(line)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
@@ -829,7 +837,9 @@ class ParexecSession:
         self.config.hook.pytest_parexec_plan(
             plan=PlanView.of(plan, mode, reason, self.workers if mode == "parallel" else 0)
         )
-        follower = Follower(len(plan), progress, self._attempt_finished, on_result)
+        inherited = {n: r for n, r in (prior.results.items() if prior else ()) if n in plan.nodes}
+        progress.inherit(inherited)
+        follower = Follower(len(plan) - len(inherited), progress, self._attempt_finished, on_result)
         if isinstance(runner, InProcessRunner):
             # Runs here and now: the display follows each event as it happens.
             try:

@@ -77,6 +77,14 @@ class Progress:
             return "block"
         return "lines"
 
+    def inherit(self, results: Mapping[str, OperationResult]) -> None:
+        """Operations an earlier plan of this session finished: shown as they ended."""
+        for name, result in results.items():
+            row = self.rows[name]
+            row.state = result.status.value
+            if result.last is not None:
+                row.duration = result.last.duration_s
+
     # -- before ----------------------------------------------------------------
 
     def before(self) -> None:
@@ -128,9 +136,9 @@ class Progress:
                 f"{clock(event.time_s)} {event.name} {state} on {event.worker} ({event.duration_s:.2f}s)",
                 event,
             )
-        elif event.status is Status.SKIPPED:
-            row.state = "skipped"
-            self._line(f"{clock(event.time_s)} {event.name} skipped", event)
+        elif event.status in (Status.SKIPPED, Status.UP_TO_DATE):
+            row.state = event.status.value
+            self._line(f"{clock(event.time_s)} {event.name} {event.status.value}", event)
         elif event.status is not None:
             row.state = event.status.value
         self.tick()

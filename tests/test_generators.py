@@ -324,6 +324,12 @@ def test_the_second_run_skips_up_to_date_operations_and_keeps_mtimes(pytester: p
     assert data["counts"]["up-to-date"] == 3
     # The tests that use the dependency still get it.
     assert len(log_lines(pytester, "threshold.log")) == 1
+    # Each is said to be up to date once, while the generators run (the main plan,
+    # which continues theirs, does not repeat it).
+    for name in ALL:
+        said = [line for line in result.outlines if line.startswith("parexec: ") and name in line]
+        assert len(said) == 1, said
+        assert said[0].endswith(f"{name} up-to-date")
 
 
 def _edit_input(pytester: pytest.Pytester) -> None:
@@ -542,6 +548,8 @@ def test_a_path_outside_the_rootdir_is_refused_and_nothing_of_the_operation_is_w
     ops = report_ops(pytester)
     assert ops["sneaky"]["status"] == "failed"
     assert ops["honest"]["status"] == "passed"
+    # Its attempt passed in the worker; the progress says what became of it.
+    result.stdout.fnmatch_lines([f"parexec: sneaky failed: *refusing to write {target!r}*"])
 
 
 def test_a_generator_returning_something_else_than_a_dict_of_str_fails(pytester: pytest.Pytester) -> None:
