@@ -185,6 +185,7 @@ class _Event(enum.Enum):
     START_FAILED = "start-failed"
     MESSAGE = "message"
     LOST = "lost"
+    WARM = "warm"
     SUBMIT = "submit"
     TEARDOWN = "teardown"
     CANCEL = "cancel"
@@ -296,11 +297,6 @@ class PlanRun:
                 self._cond.wait()
             return self.results[name]
 
-    def wait_all(self) -> None:
-        with self._cond:
-            while len(self.results) < len(self.plan):
-                self._cond.wait()
-
     @property
     def done(self) -> bool:
         return len(self.results) == len(self.plan)
@@ -344,7 +340,8 @@ class Executor:
         self.pending_teardowns: list[tuple[list[str], threading.Event]] = []
         self.retry_queue: list[str] = []
         self.attempt_counts: dict[str, int] = {}
-        self.failures: dict[str, list[Attempt]] = {}
+        #: Every attempt of every operation so far, in order.
+        self.attempts: dict[str, list[Attempt]] = {}
         self.started_ops: set[str] = set()
         #: The id of the worker being started for the next retry.
         self.fresh: str | None = None
@@ -374,7 +371,7 @@ class Executor:
 
     def warm(self, count: int) -> None:
         """Start up to ``count`` workers now, so they are ready when the plan is."""
-        self.events.put((_Event.SUBMIT, ("warm", count)))
+        self.events.put((_Event.WARM, count))
 
     def submit(
         self, plan: Plan, tasks: Mapping[str, Task], workers: int, prior: PlanRun | None = None
@@ -385,7 +382,7 @@ class Executor:
         it ran keep their results and their values feed this plan's operations.
         """
         run = PlanRun(plan, workers, prior)
-        self.events.put((_Event.SUBMIT, ("plan", run, dict(tasks))))
+        self.events.put((_Event.SUBMIT, (run, dict(tasks))))
         return run
 
     def teardown(self, names: Iterable[str]) -> None:
@@ -467,8 +464,10 @@ class Executor:
                 self._on_message(worker, msg)
             case _Event.LOST:
                 self._on_worker_lost(payload, None)
+            case _Event.WARM:
+                self._grow(min(payload, self.max_workers))
             case _Event.SUBMIT:
-                self._on_submit(payload)
+                self._on_submit(*payload)
             case _Event.TEARDOWN:
                 self.pending_teardowns.append(payload)
             case _Event.CANCEL:
@@ -503,11 +502,7 @@ class Executor:
     def _running_names(self) -> set[str]:
         return {w.running for w in self._live() if w.running is not None}
 
-    def _on_submit(self, payload: tuple[Any, ...]) -> None:
-        if payload[0] == "warm":
-            self._grow(min(payload[1], self.max_workers))
-            return
-        _, run, tasks = payload
+    def _on_submit(self, run: PlanRun, tasks: dict[str, Task]) -> None:
         self.run = run
         self.tasks.update(tasks)
         self.started_ops.update(run.results)
@@ -842,7 +837,7 @@ class Executor:
             worker = self.idle[0] if self.idle else None
             if worker is None:
                 name = self.retry_queue.pop(0)
-                first = self.failures[name][-1].error or ""
+                first = self.attempts[name][-1].error or ""
                 why = "; ".join(self.start_errors[-1:]) or "no worker could be started"
                 reason = f"{first.rstrip()}\n(not retried: {why})"
                 self._record_failure(run, name, reason, reason)
@@ -933,7 +928,7 @@ class Executor:
             self.retrying = None
         if self.on_attempt is not None:
             self.on_attempt(name, attempt)
-        attempts = self.failures.setdefault(name, [])
+        attempts = self.attempts.setdefault(name, [])
         attempts.append(attempt)
         run._emit(
             ProgressEvent(
@@ -961,7 +956,7 @@ class Executor:
 
     def _record_failure(self, run: PlanRun, name: str, error: str, message: str) -> None:
         """Fail ``name`` for good and skip everything that depends on it."""
-        attempts = self.failures.get(name, [])
+        attempts = self.attempts.get(name, [])
         run._set(
             OperationResult(name=name, status=Status.FAILED, attempts=attempts, error=error, message=message)
         )

@@ -893,6 +893,8 @@ class ParexecSession:
 
     def _wait_published(self, name: str) -> OperationResult:
         """xdist follower: the result another worker published; lead if its leader died."""
+        from .xdist import POLL_S
+
         assert self.shared is not None
         started = time.perf_counter()
         while True:
@@ -912,7 +914,7 @@ class ParexecSession:
                     f"{name!r}; this is a bug in pytest-parexec, please report it",
                     pytrace=False,
                 )
-            time.sleep(_xdist_poll_s())
+            time.sleep(POLL_S)
 
     def finish(self, op: Operation) -> None:
         """pytest finalizes session fixtures in reverse order: tear down with them.
@@ -1096,12 +1098,6 @@ class GeneratorFailure(pytest.Item):
 
     def reportinfo(self) -> tuple[str, int | None, str]:
         return ("parexec-generator", None, f"generator operation {self.name}")
-
-
-def _xdist_poll_s() -> float:
-    from .xdist import POLL_S
-
-    return POLL_S
 
 
 def _xdist_distributing(config: pytest.Config) -> bool:
