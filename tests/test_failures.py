@@ -258,6 +258,13 @@ ALONE_CONFTEST = """
     # Each operation but a_flaky holds a running-<name> file while it runs, and the
     # retry holds retry-running: whichever of two overlapping operations starts
     # second sees the other's file.
+    # b_slow finishes only once the pytest process has been told of the failure (the
+    # hook below), so the scheduler knows of it before a worker frees up for c or d.
+
+
+    def pytest_parexec_operation_finished(result):
+        if result.name == "a_flaky" and result.status == "retrying":
+            (OUT / "failure-seen").touch()
 
     def running(name):
         (OUT / f"running-{name}").touch()
@@ -285,7 +292,7 @@ ALONE_CONFTEST = """
     def b_slow():
         running("b_slow")
         note_pid("b_slow")
-        wait_for(OUT / "a_flaky.failed")
+        wait_for(OUT / "failure-seen")
         stopped("b_slow")
 
 
