@@ -76,6 +76,12 @@ def _idle(report: Report) -> str | None:
     enough = max(1, math.ceil(report["sequential_s"] / wall))
     if enough >= workers:
         return None
+    if report.get("tx"):
+        # --parexec-tx fixes the count (one worker per spec): --parexec-workers would not apply.
+        return (
+            f"workers were busy {busy:.0%} of the time: {enough} --parexec-tx "
+            f"spec{'s' * (enough != 1)} would do (this run used {workers})"
+        )
     return (
         f"workers were busy {busy:.0%} of the time: --parexec-workers={enough} would do "
         f"(this run used {workers})"

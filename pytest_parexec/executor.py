@@ -264,9 +264,14 @@ class PlanRun:
                 self.finished_at = time.perf_counter()
 
     @classmethod
-    def of_results(cls, plan: Plan, results: Iterable[OperationResult]) -> PlanRun:
-        """A finished run holding ``results`` (e.g. published by another process)."""
+    def of_results(
+        cls, plan: Plan, results: Iterable[OperationResult], clock: float | None = None
+    ) -> PlanRun:
+        """A finished run holding ``results`` (e.g. published by another process), whose
+        times count from ``clock`` (a ``time.perf_counter()`` value; default: now)."""
         run = cls(plan, workers=0)
+        if clock is not None:
+            run.started_at = clock
         for result in results:
             run._set(result)
         return run

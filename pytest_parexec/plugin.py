@@ -141,6 +141,8 @@ class ParexecSession:
         self.workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
         self.is_xdist_controller = self.workerinput is None and _xdist_distributing(config)
         self.shared: SharedRun | None = None
+        #: xdist worker: takes its results from the shared run (as leader or follower).
+        self.following = False
         #: xdist worker: seconds spent waiting for each result another worker published.
         self.waited: dict[str, float] = {}
         #: xdist controller: what each worker sent back.
@@ -250,7 +252,7 @@ class ParexecSession:
                 "controller",
             )
             for result in self.pre_run.results.values():
-                shared.publish(result)
+                shared.publish(result, self.pre_run.started_at)
 
     def _definitions(self) -> tuple[dict[str, GeneratorSpec], dict[str, Operation]]:
         """Generators and operations defined in loaded conftest.py files and plugins."""
@@ -387,6 +389,12 @@ class ParexecSession:
             for name, message in self.generator_failures
         ]
         items[:0] = failures
+        if self.workerinput is not None and (self.definitions or self.commands):
+            # An xdist worker joins the run before it reports its collection to the
+            # controller (pytest_collection_finish), so before any worker gets a test:
+            # the leader, when its tests are done, waits for every worker that can
+            # still need a result (see xdist.py).
+            self._join_shared_run()
 
     # -- the plan ------------------------------------------------------------
 
@@ -582,26 +590,32 @@ class ParexecSession:
                     prior=self.pre_run,
                     reason=self.mode_reason,
                 )
-        outcome = yield
-        if self.shared is not None:
-            self.shared.finished_tests()
-            if self.shared.leading:
-                # Teardown waits for the last xdist worker, not the first.
-                self.shared.wait_until_all_done()
+        try:
+            outcome = yield
+        finally:
+            if self.shared is not None:
+                self.shared.finished_tests()
+        if self.shared is not None and self.shared.leading:
+            # Teardown waits for the last xdist worker, not the first.
+            self.shared.wait_until_all_done()
         self._finish_operations()
         return outcome
 
+    def _join_shared_run(self) -> SharedRun:
+        assert self.workerinput is not None
+        if self.shared is None:
+            from .xdist import SharedRun  # only under pytest-xdist
+
+            self.shared = SharedRun.for_worker(
+                _compat.tmp_path_factory(self.config).getbasetemp(), self.workerinput
+            )
+            self.shared.join()
+        return self.shared
+
     def _join_xdist_run(self) -> None:
         """xdist worker: lead the plan if nobody does, else follow (see xdist.py)."""
-        assert self.workerinput is not None
-        assert self.plan is not None
-        from .xdist import SharedRun  # only under pytest-xdist
-
-        self.shared = SharedRun.for_worker(
-            _compat.tmp_path_factory(self.config).getbasetemp(), self.workerinput
-        )
-        self.shared.join()
-        if self.shared.try_lead():
+        self.following = True
+        if self._join_shared_run().try_lead():
             self._lead_xdist_run()
 
     def _lead_xdist_run(self) -> None:
@@ -611,7 +625,8 @@ class ParexecSession:
         shared = self.shared
         from .executor import PlanRun
 
-        prior = PlanRun.of_results(self.plan, shared.loaded(self.plan.order).values())
+        clock = time.perf_counter()
+        prior = PlanRun.of_results(self.plan, shared.loaded(self.plan.order, clock).values(), clock)
         self.xdist_prior = set(prior.results)
         self.runner = self._runner(self.mode)
         self.run = self._run(
@@ -622,7 +637,8 @@ class ParexecSession:
             self.mode,
             prior=prior,
             reason=self.mode_reason,
-            on_result=shared.publish,  # as each result arrives, in-process runs included
+            # As each result arrives, in-process runs included; the run keeps prior's clock.
+            on_result=functools.partial(shared.publish, clock=clock),
         )
         shared.mark_plan_done()
 
@@ -703,7 +719,7 @@ class ParexecSession:
         """Whether this session planned ``op`` (the same definition, not one of the same name)."""
         if self.all_ops.get(op.name) is not op:
             return False
-        return self.run is not None or self.shared is not None
+        return self.run is not None or self.following
 
     def value(self, op: Operation) -> object:
         __tracebackhide__ = True
@@ -712,7 +728,7 @@ class ParexecSession:
             results = self.run.results
         else:
             result = self._wait_published(op.name)
-            results = _Published(self.shared)
+            results = _Published(self.shared, self.collected_at)
         if not result.status.ok:
             self.surfaced.add(op.name)
             pytest.fail(_failure_message(op.name, result, results, self._kinds()), pytrace=False)
@@ -727,7 +743,7 @@ class ParexecSession:
         assert self.shared is not None
         started = time.perf_counter()
         while True:
-            result = self.shared.load(name)
+            result = self.shared.load(name, self.collected_at)
             if result is not None:
                 self.waited[name] = time.perf_counter() - started
                 return result
@@ -736,7 +752,7 @@ class ParexecSession:
                 self._lead_xdist_run()
                 assert self.run is not None
                 return self.run.wait(name)
-            if self.shared.plan_done() and self.shared.load(name) is None:
+            if self.shared.plan_done() and self.shared.load(name, self.collected_at) is None:
                 # Never wait for what the leader will not publish.
                 pytest.fail(
                     f"pytest-parexec: the xdist worker that ran the plan published no result for "
@@ -842,6 +858,7 @@ class ParexecSession:
                 kinds=self._kinds(),
                 extras=extras,
                 worker_errors=self.executor.start_errors if self.executor is not None else (),
+                tx=self.settings.tx,
             )
             learned = {
                 name: result.attempts[-1].duration_s
@@ -943,12 +960,13 @@ def _xdist_distributing(config: pytest.Config) -> bool:
 class _Published(dict[str, "OperationResult"]):
     """Results published by other xdist workers, loaded on first use."""
 
-    def __init__(self, shared: SharedRun | None) -> None:
+    def __init__(self, shared: SharedRun | None, clock: float) -> None:
         super().__init__()
         self.shared = shared
+        self.clock = clock
 
     def __missing__(self, name: str) -> OperationResult:
-        result = self.shared.load(name) if self.shared is not None else None
+        result = self.shared.load(name, self.clock) if self.shared is not None else None
         if result is None:
             raise KeyError(name)
         self[name] = result

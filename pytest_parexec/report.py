@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypedDict
+from typing import Any, Final, TypedDict, cast
 
 from ._files import atomic_write
 from .advice import recommendations
@@ -98,6 +99,10 @@ class Report(_Optional):
     recommendations: list[str]
     #: Workers that could not start (unreachable --parexec-tx specs), one line each.
     worker_errors: list[str]
+    #: The --parexec-tx specs the run was given, one per worker; empty for local workers.
+    tx: list[str]
+    #: Unix time of the plan's start, from which start_s and end_s count.
+    started_unix: float
 
 
 def _r(value: float) -> float:
@@ -146,29 +151,85 @@ def _overlap(intervals: list[tuple[float, float]]) -> bool:
     return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(intervals))
 
 
-def compute_phases(run: PlanRun) -> list[PhaseReport]:
-    """Each group as a phase: its operations, whether they overlapped, its span."""
-    plan, results = run.plan, run.results
-    groups = [*GROUP_ORDER, *sorted({n.group for n in plan.nodes.values()} - set(GROUP_ORDER))]
+def _phases(members: Sequence[tuple[str, str, list[tuple[float, float]]]]) -> list[PhaseReport]:
+    """Each group as a phase, from ``(name, group, attempt spans)`` in plan order."""
+    present = {group for _, group, _ in members}
     phases: list[PhaseReport] = []
-    for group in groups:
-        members = [n for n in plan.order if plan.nodes[n].group == group and n in results]
-        if not members:
+    for group in [*GROUP_ORDER, *sorted(present - set(GROUP_ORDER))]:
+        inside = [(name, spans) for name, g, spans in members if g == group]
+        if not inside:
             continue
-        spans = [(a.start_s, a.end_s) for name in members for a in results[name].attempts]
+        spans = [span for _, attempt_spans in inside for span in attempt_spans]
         start = min((s for s, _ in spans), default=None)
         end = max((e for _, e in spans), default=None)
         phases.append(
             {
                 "group": group,
                 "kind": "parallel" if _overlap(list(spans)) else "sequential",
-                "operations": members,
+                "operations": [name for name, _ in inside],
                 "start_s": _r(start) if start is not None else None,
                 "end_s": _r(end) if end is not None else None,
                 "duration_s": _r(end - start) if start is not None and end is not None else 0.0,
             }
         )
     return phases
+
+
+def compute_phases(run: PlanRun) -> list[PhaseReport]:
+    """Each group of ``run`` as a phase: its operations, whether they overlapped, its span."""
+    return _phases(
+        [
+            (name, run.plan.nodes[name].group, [(a.start_s, a.end_s) for a in run.results[name].attempts])
+            for name in run.plan.order
+            if name in run.results
+        ]
+    )
+
+
+class _Totals(TypedDict):
+    wall_s: float
+    sequential_s: float
+    saved_s: float
+    efficiency: float
+    critical_path: list[str]
+    critical_path_s: float
+    counts: dict[str, int]
+    phases: list[PhaseReport]
+
+
+def _totals(operations: Sequence[OperationReport]) -> _Totals:
+    """What the report sums up, from its operations alone (so that merged reports can
+    be summed up again)."""
+    attempts = [a for op in operations for a in op["attempt_history"]]
+    sequential = sum(a["duration_s"] for a in attempts)
+    wall = (max(a["end_s"] for a in attempts) - min(a["start_s"] for a in attempts)) if attempts else 0.0
+    saved = sequential - wall
+    durations = {
+        op["name"]: op["duration_s"]
+        for op in operations
+        if Status(op["status"]).ok and op["duration_s"] is not None
+    }
+    depends = {op["name"]: op["depends"] for op in operations}
+    path, path_s = critical_path({n: depends[n] for n in durations}, durations)
+    counts = {status.value: 0 for status in Status}
+    for op in operations:
+        counts[op["status"]] += 1
+    counts["retried"] = sum(1 for op in operations if op["attempts"] > 1)
+    return {
+        "wall_s": _r(wall),
+        "sequential_s": _r(sequential),
+        "saved_s": _r(saved),
+        "efficiency": _r(saved / sequential) if sequential > 0 else 0.0,
+        "critical_path": path,
+        "critical_path_s": _r(path_s),
+        "counts": counts,
+        "phases": _phases(
+            [
+                (op["name"], op["group"], [(a["start_s"], a["end_s"]) for a in op["attempt_history"]])
+                for op in operations
+            ]
+        ),
+    }
 
 
 def build_report(
@@ -179,6 +240,7 @@ def build_report(
     kinds: Mapping[str, str] | None = None,
     extras: Mapping[str, Mapping[str, Any]] | None = None,
     worker_errors: Sequence[str] = (),
+    tx: Sequence[str] = (),
 ) -> Report:
     """Everything the summary, the JSON report and the trace show, from one run.
 
@@ -196,35 +258,27 @@ def build_report(
         entry["kind"] = (kinds or {}).get(name, "batchable")
         entry.update((extras or {}).get(name, {}))  # type: ignore[typeddict-item]
         operations.append(entry)
-    attempts = [a for r in results.values() for a in r.attempts]
-    sequential = sum(a.duration_s for a in attempts)
-    wall = (max(a.end_s for a in attempts) - min(a.start_s for a in attempts)) if attempts else 0.0
-    saved = sequential - wall
-    durations = {n: r.last.duration_s for n, r in results.items() if r.status.ok and r.last}
-    path, path_s = critical_path({n: plan.nodes[n].depends for n in durations}, durations)
-
-    phases = compute_phases(run)
-    counts = {status.value: 0 for status in Status}
-    for result in results.values():
-        counts[result.status.value] += 1
-    counts["retried"] = sum(1 for r in results.values() if len(r.attempts) > 1)
+    totals = _totals(operations)
     report: Report = {
         "version": REPORT_VERSION,
         "mode": mode,
         "mode_reason": mode_reason,
         "workers": run.workers,
         "setup_s": _r(setup_s),
-        "wall_s": _r(wall),
-        "sequential_s": _r(sequential),
-        "saved_s": _r(saved),
-        "efficiency": _r(saved / sequential) if sequential > 0 else 0.0,
-        "critical_path": path,
-        "critical_path_s": _r(path_s),
-        "counts": counts,
-        "phases": phases,
+        "wall_s": totals["wall_s"],
+        "sequential_s": totals["sequential_s"],
+        "saved_s": totals["saved_s"],
+        "efficiency": totals["efficiency"],
+        "critical_path": totals["critical_path"],
+        "critical_path_s": totals["critical_path_s"],
+        "counts": totals["counts"],
+        "phases": totals["phases"],
         "operations": operations,
         "recommendations": [],
         "worker_errors": list(worker_errors),
+        "tx": list(tx),
+        # The plan's clock, as Unix time: where every start_s and end_s counts from.
+        "started_unix": round(time.time() - run.now(), 4),
     }
     report["recommendations"] = recommendations(report)
     return report
@@ -238,6 +292,17 @@ def write_text(path: Path, text: str) -> None:
 def write_json(report: Mapping[str, Any], path: Path) -> None:
     """Write ``report`` to ``path`` as JSON, atomically."""
     write_text(path, json.dumps(report, indent=2) + "\n")
+
+
+def _shift(report: Report, seconds: float) -> None:
+    """Move every time of ``report``'s operations ``seconds`` later."""
+    records: list[dict[str, Any]] = []
+    for op in report["operations"]:
+        records += [cast("dict[str, Any]", op), *(cast("dict[str, Any]", a) for a in op["attempt_history"])]
+    for record in records:
+        for key in ("start_s", "end_s"):
+            if record.get(key) is not None:
+                record[key] = _r(record[key] + seconds)
 
 
 def merge_xdist_reports(own: Report | None, outputs: Sequence[Mapping[str, Any]]) -> Report | None:
@@ -257,9 +322,14 @@ def merge_xdist_reports(own: Report | None, outputs: Sequence[Mapping[str, Any]]
         for name in out.get("waited", {}):
             waited.setdefault(name, []).append(out["worker"])
     if own is not None:  # operations the controller ran (generators and their dependencies)
+        # The controller's plan ran first: count the leader's times from its start too.
+        _shift(report, report["started_unix"] - own["started_unix"])
+        report["started_unix"] = own["started_unix"]
         names = {op["name"] for op in report["operations"]}
         report["operations"][:0] = [op for op in own["operations"] if op["name"] not in names]
         ran_by.update({op["name"]: "controller" for op in own["operations"] if op["name"] not in ran_by})
+        cast("dict[str, Any]", report).update(_totals(report["operations"]))
+        report["recommendations"] = recommendations(report)
     for op in report["operations"]:
         op["xdist_worker"] = ran_by.get(op["name"], op.get("xdist_worker"))
         op["waited_by"] = sorted(waited.get(op["name"], []))

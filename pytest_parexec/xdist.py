@@ -6,7 +6,9 @@ lock runs the plan, with the usual parallel engine, and publishes every result
 to a file; the others wait for the files they need. A leader that dies releases
 its lock with its process: the next worker that finds a result missing and the
 lock free takes over and runs what is left. Teardown waits until every worker
-that joined the run has finished its tests (or died).
+that joined the run has finished its tests (or died). Workers join before they
+report their collection to the controller, which hands out no test before every
+worker has reported: so no worker can join after the leader's tests are done.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ __all__ = ["POLL_S", "SharedRun"]
 
 #: How often a waiting worker looks for a result file (files have no event to wait on).
 POLL_S: Final = 0.05
+
+
+def _unix(clock: float) -> float:
+    """The Unix time of ``clock``, a ``time.perf_counter()`` value of this process.
+
+    Attempt times count from the start of the plan that ran them, on a clock of
+    that process; published as Unix times, every worker reads them on its own clock.
+    """
+    return time.time() - (time.perf_counter() - clock)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -84,9 +95,11 @@ class SharedRun:
         # str hashes differ between processes: name files by a digest instead.
         return self.directory / f"result-{safe[:60]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}.bin"
 
-    def publish(self, result: OperationResult) -> None:
-        """Write ``result`` for the other workers (atomically)."""
+    def publish(self, result: OperationResult, clock: float) -> None:
+        """Write ``result`` for the other workers (atomically); its attempts' times
+        count from ``clock`` (the ``PlanRun.started_at`` of the run that made it)."""
         last = result.last
+        origin = _unix(clock)
         data = {
             "name": result.name,
             "status": result.status.value,
@@ -96,7 +109,7 @@ class SharedRun:
             "blocked_by": result.blocked_by,
             "worker": self.worker_id,
             "attempts": [
-                [a.number, a.worker, a.pid, a.start_s, a.end_s, a.duration_s, a.ok, a.error]
+                [a.number, a.worker, a.pid, origin + a.start_s, origin + a.end_s, a.duration_s, a.ok, a.error]
                 for a in result.attempts
             ],
             "output": last.output if last is not None else "",
@@ -106,12 +119,15 @@ class SharedRun:
         tmp.write_bytes(execnet.dumps(data))
         os.replace(tmp, path)
 
-    def load(self, name: str) -> OperationResult | None:
+    def load(self, name: str, clock: float) -> OperationResult | None:
+        """The result published for ``name``, with its times counted from ``clock``
+        (a ``time.perf_counter()`` value of this process); None if there is none yet."""
         path = self._result_path(name)
         try:
             data = execnet.loads(path.read_bytes())
         except FileNotFoundError:
             return None
+        origin = _unix(clock)
         attempts = [
             Attempt(
                 number=n,
@@ -119,8 +135,8 @@ class SharedRun:
                 pid=pid,
                 host=None,
                 spec=None,
-                start_s=s,
-                end_s=e,
+                start_s=s - origin,
+                end_s=e - origin,
                 duration_s=d,
                 ok=ok,
                 error=err,
@@ -138,10 +154,10 @@ class SharedRun:
             blocked_by=data["blocked_by"],
         )
 
-    def loaded(self, names: Iterable[str]) -> dict[str, OperationResult]:
+    def loaded(self, names: Iterable[str], clock: float) -> dict[str, OperationResult]:
         found = {}
         for name in names:
-            result = self.load(name)
+            result = self.load(name, clock)
             if result is not None:
                 found[name] = result
         return found

@@ -33,6 +33,7 @@ def op(
         "worker": "gw0",
         "pid": 1,
         "host": None,
+        "spec": "popen",
         "start_s": 0.0,
         "end_s": duration,
         "duration_s": duration,
@@ -63,6 +64,7 @@ def report(
     wall: float,
     workers: int = 2,
     mode: str = "parallel",
+    tx: Sequence[str] = (),
 ) -> Report:
     """A report with the critical path and sums computed as build_report computes them."""
     durations = {o["name"]: o["duration_s"] for o in operations if o["status"] in ("passed", "recovered")}
@@ -86,6 +88,8 @@ def report(
         "phases": list(phases),
         "operations": list(operations),
         "recommendations": [],
+        "worker_errors": [],
+        "tx": list(tx),
     }
     return built  # type: ignore[return-value]
 
@@ -212,6 +216,20 @@ def test_idle_workers() -> None:
     )
     assert recommendations(r) == [
         "workers were busy 25% of the time: --parexec-workers=2 would do (this run used 8)"
+    ]
+
+
+def test_idle_remote_workers_are_counted_in_tx_specs() -> None:
+    # The same run on --parexec-tx workers: the count comes from the specs, not --parexec-workers.
+    r = report(
+        [op("schema_db", 1.0), op("users_db", 1.0)],
+        [phase("models", "parallel", ["schema_db", "users_db"], 1.0)],
+        wall=1.0,
+        workers=8,
+        tx=["socket=127.0.0.1:8888"] * 8,
+    )
+    assert recommendations(r) == [
+        "workers were busy 25% of the time: 2 --parexec-tx specs would do (this run used 8)"
     ]
 
 

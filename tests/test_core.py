@@ -733,6 +733,7 @@ def test_json_report(pytester: pytest.Pytester) -> None:
         "operations",
     }
     assert (report["version"], report["mode"], report["workers"]) == (1, "parallel", 2)
+    assert (report["worker_errors"], report["tx"]) == ([], [])  # local workers, all started
     for key in ("setup_s", "wall_s", "sequential_s", "critical_path_s"):
         assert isinstance(report[key], float)
         assert report[key] >= 0

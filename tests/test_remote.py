@@ -166,6 +166,7 @@ def test_operations_run_on_a_socket_worker_in_its_chdir(
     report = read_report(pytester)
     assert report["workers"] == 1
     assert report["worker_errors"] == []
+    assert report["tx"] == [spec]
     for op in report["operations"]:
         assert op["status"] == "passed"
         assert op["spec"] == spec
@@ -213,6 +214,7 @@ def test_ini_parexec_tx_expands_counts_and_the_command_line_replaces_it(pytester
     result.assert_outcomes(passed=1)
     report = read_report(pytester)
     assert report["workers"] == 3
+    assert report["tx"] == ["popen", "popen", "popen"]
     assert {op["spec"] for op in report["operations"]} == {"popen"}
     assert "--parexec-tx gives 3 workers" in result.stdout.str()
 
@@ -228,6 +230,7 @@ def test_ini_parexec_tx_expands_counts_and_the_command_line_replaces_it(pytester
     )
     result.assert_outcomes(passed=1)
     assert read_report(pytester)["workers"] == 1
+    assert read_report(pytester)["tx"] == ["popen"]
     assert "--parexec-tx gives 1 worker" in result.stdout.str()
 
 

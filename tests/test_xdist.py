@@ -456,3 +456,132 @@ def test_generator_teardown_runs_once_after_the_last_worker_finished(pytester: p
     assert order.index("service-teardown") > max(order.index("test_first"), order.index("test_second"))
     pids = {what: pid for what, _, pid in lines}
     assert pids["service-teardown"] == pids["service"]
+
+
+# -- generators under xdist: run once by the controller, before any worker collects ----
+
+GENERATORS_CONFTEST = r"""
+from pytest_parexec import generator
+
+
+@batchable
+def schema_db():
+    log("schema_db")
+    return {"tables": ("users", "orders")}
+
+
+@batchable
+def other_model():
+    log("other_model")
+    return 5
+
+
+@generator(inputs="specs/*.txt")
+def spec_tests(source, schema_db):
+    log(f"generate-{source.stem}")
+    body = (
+        f"def test_{source.stem}(schema_db, other_model):\n"
+        "    assert schema_db == {'tables': ('users', 'orders')}\n"
+        "    assert other_model == 5\n"
+    )
+    return {f"generated/test_{source.stem}.py": body}
+"""
+
+
+def test_generators_run_on_the_controller_and_the_report_covers_both_plans(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(HELPERS + textwrap.dedent(GENERATORS_CONFTEST))  # no hand-written test
+    for stem in ("alpha", "beta", "gamma"):
+        pytester.path.joinpath("specs").mkdir(exist_ok=True)
+        pytester.path.joinpath("specs", f"{stem}.txt").write_text(stem)
+    result = pytester.runpytest_subprocess(
+        "-p", "parexec", "-n", "2", "--parexec=parallel", "--parexec-report=report.json"
+    )
+    # The generated files were collected by the xdist workers in the same run.
+    result.assert_outcomes(passed=3)
+    lines = log_lines(pytester)
+    order = [what for what, _, _ in lines]
+    generated = ["generate-alpha", "generate-beta", "generate-gamma"]
+    # Each operation once for the whole run: schema_db, which the generators needed,
+    # is not run again for the tests that use it.
+    assert sorted(order) == sorted(["schema_db", "other_model", *generated])
+    # Generators and their dependency ran before collection, other_model after it.
+    assert order.index("other_model") > max(order.index(name) for name in ["schema_db", *generated])
+
+    report = json.loads((pytester.path / "report.json").read_text())
+    ops = {op["name"]: op for op in report["operations"]}
+    spec_ops = [f"spec_tests[specs/{stem}.txt]" for stem in ("alpha", "beta", "gamma")]
+    assert sorted(ops) == sorted(["schema_db", "other_model", *spec_ops])
+    assert {name: ops[name]["xdist_worker"] for name in ["schema_db", *spec_ops]} == dict.fromkeys(
+        ["schema_db", *spec_ops], "controller"
+    )
+    assert ops["other_model"]["xdist_worker"] == report["xdist"]["leader"]
+    # Counts and phases cover both plans: the controller's and the leader's.
+    assert report["counts"]["passed"] == 5
+    assert [(p["group"], sorted(p["operations"])) for p in report["phases"]] == [
+        ("models", ["other_model", "schema_db"]),
+        ("tests", spec_ops),
+    ]
+    # One clock for both plans: what ran later starts later.
+    for name in ["schema_db", *spec_ops]:
+        assert ops[name]["end_s"] <= ops["other_model"]["start_s"], (name, ops)
+    for name in spec_ops:
+        assert ops["schema_db"]["end_s"] <= ops[name]["start_s"]
+    models = report["phases"][0]
+    assert (models["start_s"], models["end_s"]) == (ops["schema_db"]["start_s"], ops["other_model"]["end_s"])
+    assert report["wall_s"] == pytest.approx(
+        ops["other_model"]["end_s"] - ops["schema_db"]["start_s"], abs=1e-3
+    )
+    summary = summary_section(result.stdout.str())
+    assert "5 operations on" in summary
+    assert "tests [parallel]" in summary or "tests [sequential]" in summary
+
+
+LATE_JOIN_CONFTEST = r"""
+@batchable
+def service():
+    log("service")
+    yield "up"
+    log("service-teardown")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtestloop(session):
+    # gw1 holds back before its test loop until gw0 has finished its tests: it
+    # reaches pytest-parexec's part of the loop only after the leader's tests are done
+    # (bounded: after 30 s it goes on, which fails nothing).
+    if worker() == "gw1":
+        shared = Path(session.config.option.basetemp).parent
+        deadline = time.monotonic() + 30
+        while not list(shared.glob("parexec-*/done-gw0")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        log("gw1-starts")
+    return (yield)
+"""
+
+
+def test_a_worker_slow_to_start_its_tests_is_waited_for(pytester: pytest.Pytester) -> None:
+    """Teardown waits for every xdist worker, including one that had not yet started its
+    test loop when the leader finished: workers join the run during collection."""
+    tests = """
+        from conftest import log
+
+
+        def test_first(service):
+            log("test_first")
+
+
+        def test_second(service):
+            log("test_second")
+    """
+    make_suite(pytester, LATE_JOIN_CONFTEST, test_late=tests)
+    result = pytester.runpytest_subprocess("-p", "parexec", "-n", "2", "--dist", "load", "--parexec=parallel")
+    result.assert_outcomes(passed=2)
+    lines = log_lines(pytester)
+    order = [what for what, _, _ in lines]
+    assert sorted(order) == sorted(["service", "test_first", "test_second", "gw1-starts", "service-teardown"])
+    where = {what: worker for what, worker, _ in lines}
+    # gw0 led (gw1 was held back) and ran its test; gw1 ran the other one, after gw0 was done.
+    assert (where["service"], where["gw1-starts"]) == ("gw0", "gw1")
+    assert {where["test_first"], where["test_second"]} == {"gw0", "gw1"}
+    # The teardown waited for gw1's test.
+    assert order[-1] == "service-teardown", order
