@@ -585,3 +585,75 @@ def test_a_worker_slow_to_start_its_tests_is_waited_for(pytester: pytest.Pyteste
     assert {where["test_first"], where["test_second"]} == {"gw0", "gw1"}
     # The teardown waited for gw1's test.
     assert order[-1] == "service-teardown", order
+
+
+# -- a leader that dies holding the lead lock ------------------------------------
+
+CRASH_CONFTEST = r"""
+@batchable
+def shared_db():
+    # Run in the leading xdist worker's own process (--parexec=sequential): the first
+    # run waits until another xdist worker's test waits for the result, then kills
+    # the leader, which holds the lead lock. The run after it succeeds.
+    log("shared_db")
+    marker = OUT / "crashed-once"
+    if not marker.exists():
+        marker.touch()
+        deadline = time.monotonic() + 30
+        while not set(OUT.glob("waiting-*")) - {OUT / f"waiting-{worker()}"}:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        os._exit(3)
+    return "ready"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def announce():
+    # Instantiated before shared_db (autouse first within a scope): this worker's
+    # first test is about to wait for the result.
+    (OUT / f"waiting-{worker()}").touch()
+"""
+
+
+def test_a_leader_that_dies_holding_the_lock_is_replaced_and_nothing_hangs(pytester: pytest.Pytester) -> None:
+    tests = """
+        from conftest import log
+
+
+        def test_a(shared_db):
+            log("test_a")
+            assert shared_db == "ready"
+
+
+        def test_b(shared_db):
+            log("test_b")
+            assert shared_db == "ready"
+    """
+    make_suite(pytester, CRASH_CONFTEST, test_crash=tests)
+    result = pytester.runpytest_subprocess(
+        "-p", "parexec", "-n", "2", "--parexec=sequential", "--parexec-report=report.json", timeout=120
+    )
+    stdout = result.stdout.str()
+    assert "replacing crashed worker" in stdout
+    outcomes = result.parseoutcomes()
+    # The test xdist had sent to the dying leader is reported crashed; the others pass.
+    assert outcomes.get("passed", 0) >= 1
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) == 2
+    assert outcomes.get("failed", 0) <= 1
+    if outcomes.get("failed"):
+        assert "crashed while running" in stdout
+    lines = log_lines(pytester)
+    runs = [(where, pid) for what, where, pid in lines if what == "shared_db"]
+    # Run twice: by the leader that died, then by the xdist worker that took over the lock.
+    assert len(runs) == 2
+    (_, dead_pid), (new_where, new_pid) = runs
+    assert dead_pid != new_pid
+    # Every test that ran, ran after the takeover, in a live xdist worker.
+    tested = {pid for what, _, pid in lines if what.startswith("test_")}
+    assert len(tested) >= 1
+    assert dead_pid not in tested
+    report = json.loads((pytester.path / "report.json").read_text())
+    (op,) = report["operations"]
+    assert (op["name"], op["status"], op["pid"]) == ("shared_db", "passed", new_pid)
+    assert report["xdist"]["leader"] == new_where
