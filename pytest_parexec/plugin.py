@@ -124,8 +124,6 @@ class ParexecSession:
         self.pre_runner: Executor | InProcessRunner | None = None
         self.generated: dict[str, Written] = {}
         self.generator_failures: list[tuple[str, str]] = []
-        #: Files deleted for generators that have no operation left (every input removed).
-        self.stale_deleted: list[str] = []
         self.late_generators: list[GeneratorSpec] = []
         self.collecting = False
         self.pre_mode: str | None = None
@@ -373,7 +371,11 @@ class ParexecSession:
             if deleted and first is not None:
                 self.generated.setdefault(first, Written()).deleted.extend(deleted)
             elif deleted:
-                self.stale_deleted.extend(deleted)
+                # No operation is left to list them in the report: say it here.
+                self._say(
+                    f"parexec: generator {spec.name!r} matches no input any more: "
+                    f"deleted {', '.join(deleted)}"
+                )
 
     def _say(self, line: str) -> None:
         """A line on the terminal, unless -q."""

@@ -456,6 +456,13 @@ def test_the_outputs_are_deleted_when_every_input_is_removed(pytester: pytest.Py
     result = run(pytester)
     assert generated(pytester) == []
     result.assert_outcomes(passed=1)
+    # No operation is left to list them in the report: the terminal says it.
+    result.stdout.fnmatch_lines(
+        [
+            "parexec: generator 'gen' matches no input any more: deleted "
+            "generated/test_a.py, generated/test_b.py, generated/test_c.py"
+        ]
+    )
 
 
 def test_files_a_generator_no_longer_returns_are_deleted(pytester: pytest.Pytester) -> None:
