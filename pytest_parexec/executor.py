@@ -100,6 +100,10 @@ class Task:
     #: Called with the encoded arguments before running; True means the operation's
     #: work is already done and it finishes as up-to-date without running.
     precheck: Callable[[Mapping[str, object]], bool] | None = None
+    #: Constants that are paths on the pytest host (a generator's ``source``, a
+    #: command's ``cwd``): a remote worker gets those under the rootdir relative to
+    #: its chdir, like the operation's module.
+    host_paths: tuple[str, ...] = ()
 
 
 @final
@@ -863,6 +867,10 @@ class Executor:
         assert self.run is not None
         task = self.tasks[name]
         args = self._args(self.run, task)
+        if not worker.local:
+            for key in task.host_paths:
+                path = remote.decode(args[key])
+                args[key] = remote.encode(type(path)(self._remote_path(str(path))), name)
         self.started_ops.add(name)
         self.attempt_counts[name] = self.attempt_counts.get(name, 0) + 1
         worker.running = name

@@ -22,6 +22,7 @@ import pytest
 from . import _compat, _coverage, hookspecs, remote
 from .commands import CommandError, parse_commands
 from .generators import (
+    SOURCE,
     FileRecord,
     GeneratorSpec,
     OutputError,
@@ -109,6 +110,9 @@ def _failure_message(
 
 
 _SESSION_KEY: Final = pytest.StashKey["ParexecSession"]()
+
+#: Constants that hold paths on the pytest host: a generator's input, a command's directory.
+HOST_PATHS: Final = (SOURCE, "cwd")
 
 
 @final
@@ -561,6 +565,7 @@ class ParexecSession:
                 function=op.function,
                 constants=encoded_constants(op),
                 precheck=prechecks.get(name),
+                host_paths=tuple(key for key in HOST_PATHS if key in op.constants),
             )
         return tasks
 

@@ -303,3 +303,43 @@ def test_a_retry_runs_on_the_one_socket_worker_when_no_fresh_worker_can_start(
     result.assert_outcomes(passed=1)
     statuses = {op["name"]: (op["status"], op["attempts"]) for op in read_report(pytester)["operations"]}
     assert statuses == {"flaky": ("recovered", 2), "steady": ("passed", 1)}
+
+
+GENERATOR_CONFTEST = """
+from pytest_parexec import generator
+
+
+@generator(inputs="specs/*.txt")
+def from_spec(source):
+    # The worker's own copy of the input: the path it gets is relative to its chdir.
+    body = f"SOURCE = {str(source)!r}\\nTEXT = {source.read_text()!r}\\n\\ndef test_spec():\\n    pass\\n"
+    return {f"generated/test_{source.stem}.py": body}
+"""
+
+
+def test_a_remote_worker_gets_paths_under_the_rootdir_relative_to_its_chdir(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, socket_server: Server
+) -> None:
+    pytester.makeconftest(GENERATOR_CONFTEST)
+    pytester.makeini("[pytest]\nparexec_commands = where: pwd\n")
+    pytester.mkdir("specs").joinpath("alpha.txt").write_text("the host's copy")
+    checkout = tmp_path_factory.mktemp("remote-checkout")
+    # The setup command runs in the worker's chdir, not in the host's rootdir.
+    pytester.makepyfile(test_cmd=f"def test_cmd(where):\n    assert where.strip() == {str(checkout)!r}\n")
+    shutil.copy(pytester.path / "conftest.py", checkout / "conftest.py")
+    (checkout / "specs").mkdir()
+    (checkout / "specs" / "alpha.txt").write_text("the remote copy")
+
+    spec = f"socket={socket_server.address}//chdir={checkout}"
+    result = pytester.runpytest_subprocess(
+        "-p", "parexec", f"--parexec-tx={spec}", "--parexec-report=report.json"
+    )
+    result.assert_outcomes(passed=2)
+    # The generator read the remote worker's copy of its input, by a relative path.
+    generated = (pytester.path / "generated" / "test_alpha.py").read_text()
+    assert "SOURCE = 'specs/alpha.txt'" in generated
+    assert "TEXT = 'the remote copy'" in generated
+    ops = {op["name"]: op for op in read_report(pytester)["operations"]}
+    assert ops["where"]["status"] == "passed"
+    assert (ops["where"]["spec"], ops["where"]["pid"]) == (spec, socket_server.pid)
+    result.stdout.no_fnmatch_line("*worker error*")
