@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import json
 import os
 import queue
 import signal
@@ -315,6 +316,59 @@ def _is_local(spec: str) -> bool:
     return "popen" in spec.split("//")[0]
 
 
+def _single_threaded() -> bool:
+    """No other thread in this process, Python's or native (forking is safe)."""
+    if threading.active_count() != 1:
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+class _ForkServer:
+    """The zygote, reached over an execnet channel or a socket: one request at a time."""
+
+    def __init__(self, pid: int, channel: Any = None, sock: Any = None) -> None:
+        self.pid = pid
+        self._channel = channel
+        self._sock = sock
+        self._replies: Any = sock.makefile("rb") if sock is not None else None
+        self._lock = threading.Lock()
+
+    def call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.send(msg)
+                reply: dict[str, Any] = self._channel.receive(timeout=START_TIMEOUT_S)
+                return reply
+            self._sock.settimeout(START_TIMEOUT_S)
+            self._sock.sendall(json.dumps(msg).encode() + b"\n")
+            line = self._replies.readline()
+            if not line:
+                raise EOFError("the fork server is gone")
+            reply = json.loads(line)
+            return reply
+
+    def stop(self) -> None:
+        """Ask it to exit by itself (a process killed mid-way leaves broken files behind)."""
+        with contextlib.suppress(Exception), self._lock:
+            if self._channel is not None:
+                self._channel.send({"kind": "stop"})
+            else:
+                self._sock.sendall(json.dumps({"kind": "stop"}).encode() + b"\n")
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        if self._sock is not None:  # forked from this process: reap it here
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            with contextlib.suppress(Exception):
+                self._replies.close()
+                self._sock.close()
+
+
 @final
 class Executor:
     """Starts workers, runs one plan on them, tears down, and stops them."""
@@ -325,7 +379,10 @@ class Executor:
         max_workers: int,
         specs: Sequence[str] = (),
         on_attempt: Callable[[str, Attempt], None] | None = None,
+        fork_here: bool = False,
     ) -> None:
+        """``fork_here``: the calling process may be forked into the zygote now (it
+        has loaded pytest and the conftest.py files); done only if it has no thread."""
         self.init = init
         self.max_workers = max_workers
         #: Explicit execnet specs, one worker each; empty means local popen workers.
@@ -358,10 +415,13 @@ class Executor:
         self.retrying: str | None = None
         self.cancelled = False
         self._spawn_queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
-        #: The fork server: (gateway, channel, pid), once started; see remote.serve_zygote.
-        self._zygote: tuple[Any, Any, int] | None = None
+        #: The fork server, once started: see remote.fork_zygote and remote.serve_zygote.
+        self._zygote: _ForkServer | None = None
         self._zygote_failed = False
-        self._zygote_lock = threading.Lock()
+        if fork_here and FORK_SERVER and not specs and _single_threaded():
+            # Before this executor's own threads start.
+            pid, sock = remote.fork_zygote(init.rootdir)
+            self._zygote = _ForkServer(pid, sock=sock)
         self._spawn_thread = threading.Thread(target=self._spawner, name="parexec-spawner", daemon=True)
         self._spawn_thread.start()
         self._thread = threading.Thread(target=self._loop, name="parexec-scheduler", daemon=True)
@@ -587,15 +647,12 @@ class Executor:
         except BaseException:  # noqa: BLE001 - plain popen workers will do
             self._zygote_failed = True
             return False
-        self._zygote = (gateway, channel, int(ready["pid"]))
+        self._zygote = _ForkServer(int(ready["pid"]), channel=channel)
         return True
 
     def _zygote_call(self, msg: dict[str, Any]) -> dict[str, Any]:
         assert self._zygote is not None
-        with self._zygote_lock:
-            self._zygote[1].send(msg)
-            reply: dict[str, Any] = self._zygote[1].receive(timeout=START_TIMEOUT_S)
-            return reply
+        return self._zygote.call(msg)
 
     def _fork(self, worker_id: str) -> None:
         """A worker forked from the zygote, reached over a loopback socket gateway."""
@@ -1062,9 +1119,7 @@ class Executor:
                     stopping.discard(worker.id)
         self._spawn_queue.put(None)
         if self._zygote is not None:
-            # Let it exit by itself first (a process killed mid-way leaves broken files behind).
-            with contextlib.suppress(Exception), self._zygote_lock:
-                self._zygote[1].send({"kind": "stop"})
+            self._zygote.stop()
         local = [w for w in self.workers.values() if w.local]
         try:
             self.group.terminate(timeout=STOP_GRACE_S)
@@ -1076,8 +1131,7 @@ class Executor:
                 os.killpg(worker.pid, signal.SIGKILL)
             worker.alive = False
         if self._zygote is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._zygote[2], signal.SIGKILL)
+            self._zygote.kill()
 
 
 def attempt_tmp_path(tmp_path: str | None, attempt: int) -> str | None:

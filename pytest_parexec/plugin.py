@@ -219,7 +219,14 @@ class ParexecSession:
                 or len(self.settings.tx)
                 or auto_workers(sys.maxsize, os.cpu_count() or 1)
             )
-            self.executor = Executor(init, max_workers=cap, specs=self.settings.tx)
+            self.executor = Executor(
+                init,
+                max_workers=cap,
+                specs=self.settings.tx,
+                # Until collection starts, no module is half imported: the zygote can be
+                # this process's copy (see remote.fork_zygote).
+                fork_here=not self.collecting,
+            )
         return self.executor
 
     # -- generators, before collection ------------------------------------------

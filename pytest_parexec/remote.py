@@ -437,10 +437,91 @@ def _child(serversock: Any, inherited: list[int]) -> None:
         os._exit(0)
 
 
+def _user_module(module: Any, rootdir: str, keep: tuple[str, ...]) -> bool:
+    """Whether ``module`` is the project's own code: under the rootdir, not installed."""
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str):
+        return False
+    path = os.path.abspath(file)
+    if not path.startswith(rootdir + os.sep) or path.startswith(keep):
+        return False
+    return "site-packages" not in path and "dist-packages" not in path
+
+
+def fork_zygote(rootdir: str) -> tuple[int, socket.socket]:
+    """Fork the calling process, which must have no other thread, into a fork server.
+
+    The pytest process has imported pytest, its plugins and what the conftest.py
+    files import: workers forked from this copy start without importing any of it
+    again. The project's own modules are dropped from the copy, so each worker
+    imports them afresh, as a worker started from scratch would. Returns the
+    server's pid and the socket to talk to it (:func:`fork_server_call`).
+    """
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid:
+        theirs.close()
+        return pid, ours
+    try:
+        ours.close()
+        os.setpgrp()  # a terminal's Ctrl-C is pytest's to handle
+        _die_with_parent()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        keep = tuple(os.path.abspath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+        root = os.path.abspath(rootdir)
+        for name, module in list(sys.modules.items()):
+            if not name.startswith("pytest_parexec") and _user_module(module, root, keep):
+                del sys.modules[name]
+        for name in ("pytest_parexec.operations", "pytest_parexec.generators"):
+            # Definitions in a worker are announced to nobody (the pytest session is not here).
+            mod = sys.modules.get(name)
+            for attr in ("_definition_listeners", "_generator_listeners"):
+                listeners = getattr(mod, attr, None)
+                if isinstance(listeners, list):
+                    listeners.clear()
+        _serve_forks(theirs)
+    finally:
+        os._exit(0)
+
+
+def _serve_forks(conn: socket.socket) -> None:
+    """Answer fork, status and stop requests, one JSON line each, until stop or EOF."""
+    import json
+
+    with conn.makefile("rb") as requests:
+        for line in requests:
+            msg = json.loads(line)
+            reply = _fork_request(msg, [conn.fileno()])
+            if reply is None:
+                return
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _fork_request(msg: dict[str, Any], inherited: list[int]) -> dict[str, Any] | None:
+    if msg["kind"] == "fork":
+        serversock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        serversock.bind(("127.0.0.1", 0))
+        serversock.listen(1)
+        port = serversock.getsockname()[1]
+        pid = os.fork()
+        if pid == 0:
+            _child(serversock, inherited)
+        serversock.close()
+        return {"kind": "forked", "pid": pid, "port": port}
+    if msg["kind"] == "status":
+        try:
+            _, status = os.waitpid(msg["pid"], 0)
+            code: int | None = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = None
+        return {"kind": "status", "code": code}
+    return None  # stop
+
+
 def serve_zygote(channel: Any) -> None:
     """The fork server: prepare once, then fork a worker per request."""
-    import socket as socketlib
-
     init = channel.receive()
     ready = _init_worker(init)
     io = channel.gateway._io
@@ -449,26 +530,10 @@ def serve_zygote(channel: Any) -> None:
     ]
     channel.send(ready)
     while True:
-        msg = channel.receive()
-        if msg["kind"] == "fork":
-            serversock = socketlib.socket(socketlib.AF_INET, socketlib.SOCK_STREAM)
-            serversock.bind(("127.0.0.1", 0))
-            serversock.listen(1)
-            port = serversock.getsockname()[1]
-            pid = os.fork()
-            if pid == 0:
-                _child(serversock, inherited)
-            serversock.close()
-            channel.send({"kind": "forked", "pid": pid, "port": port})
-        elif msg["kind"] == "status":
-            try:
-                _, status = os.waitpid(msg["pid"], 0)
-                code = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:
-                code = None
-            channel.send({"kind": "status", "code": code})
-        elif msg["kind"] == "stop":
+        reply = _fork_request(channel.receive(), inherited)
+        if reply is None:
             return
+        channel.send(reply)
 
 
 def serve_channel(channel: Any) -> None:

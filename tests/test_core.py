@@ -977,3 +977,80 @@ def test_no_worker_outlives_pytest(
     if case in ("tests pass", "first test fails with -x"):
         assert len(pids) == 2  # one worker for each of the operations that met
     wait_until_gone(pids, tag)
+
+
+# -- where workers come from ---------------------------------------------------------
+
+FORK_CONFTEST = r"""
+import sys
+import threading
+import types
+
+# Something the pytest process holds that a fresh interpreter would not: a module
+# object without a file (as an installed library's would be, it is kept in a copy).
+# Importing this file again in a copy finds it there already.
+INHERITED = "parexec_probe" in sys.modules
+sys.modules.setdefault("parexec_probe", types.ModuleType("parexec_probe"))
+with open(OUT / "conftest-imports", "a") as imports:
+    imports.write(f"{os.getpid()}\n")
+if os.environ.get("START_A_THREAD"):
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+
+
+def where():
+    return os.getpid(), INHERITED
+
+
+@batchable
+def first():
+    return where()
+
+
+@batchable
+def second():
+    return where()
+"""
+
+FORK_TESTS = """
+import json
+from pathlib import Path
+
+
+def test_both(first, second):
+    values = {"first": first, "second": second}
+    (Path(__file__).parent / "out" / "values.json").write_text(json.dumps(values))
+"""
+
+
+@pytest.mark.skipif(
+    not __import__("sys").platform.startswith("linux"), reason="the fork server is Linux-only"
+)
+@pytest.mark.parametrize(
+    ("thread", "copied"),
+    [
+        pytest.param("", True, id="forked-from-the-pytest-process"),
+        # A thread makes forking unsafe: the workers come from a fresh interpreter.
+        pytest.param("1", False, id="thread-running-fresh-interpreter"),
+    ],
+)
+def test_workers_are_copies_of_the_pytest_process_that_import_the_project_again(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, thread: str, copied: bool
+) -> None:
+    monkeypatch.setenv("START_A_THREAD", thread)
+    make_suite(pytester, FORK_CONFTEST, test_fork=FORK_TESTS)
+    run(
+        pytester, "--parexec=parallel", "--parexec-workers=2", "--parexec-report=report.json"
+    ).assert_outcomes(passed=1)
+    report = read_report(pytester)
+    ops = by_name(report)
+    pids = {ops[name]["pid"] for name in ("first", "second")}
+    assert os.getpid() not in pids
+    # The conftest.py ran in the pytest process and again in every worker that ran an
+    # operation: the project's own modules are never taken over from the copy.
+    imports = [int(line) for line in (pytester.path / "out" / "conftest-imports").read_text().split()]
+    pytest_pid = imports[0]
+    assert pytest_pid not in pids
+    assert sorted(imports[1:]) == sorted(pids)
+    # Whether a worker is a copy of the pytest process shows in what it had loaded.
+    values = json.loads((pytester.path / "out" / "values.json").read_text())
+    assert values == {name: [ops[name]["pid"], copied] for name in ("first", "second")}
