@@ -331,6 +331,8 @@ class _ForkServer:
 
     def __init__(self, pid: int, channel: Any = None, sock: Any = None) -> None:
         self.pid = pid
+        #: A copy of the pytest process (remote.fork_zygote), not an execnet gateway.
+        self.is_copy = sock is not None
         self._channel = channel
         self._sock = sock
         self._replies: Any = sock.makefile("rb") if sock is not None else None
@@ -359,14 +361,18 @@ class _ForkServer:
                 self._sock.sendall(json.dumps({"kind": "stop"}).encode() + b"\n")
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        if self._sock is not None:  # forked from this process: reap it here
+        if self._sock is not None:
+            # First, so that a request blocked on a reply ends (and frees the lock).
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(2)
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        for kill in (os.killpg, os.kill):  # its group, and itself should it have none yet
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(self.pid, signal.SIGKILL)
+        if self._sock is not None:  # a child of this process: reap it here
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
-            with contextlib.suppress(Exception):
-                self._replies.close()
-                self._sock.close()
 
 
 @final
@@ -419,9 +425,11 @@ class Executor:
         self._zygote: _ForkServer | None = None
         self._zygote_failed = False
         if fork_here and FORK_SERVER and not specs and _single_threaded():
-            # Before this executor's own threads start.
-            pid, sock = remote.fork_zygote(init.rootdir)
-            self._zygote = _ForkServer(pid, sock=sock)
+            # Before this executor's own threads start. Should it fail, the spawner
+            # starts a fresh-interpreter fork server instead.
+            with contextlib.suppress(OSError):
+                pid, sock = remote.fork_zygote(init.rootdir)
+                self._zygote = _ForkServer(pid, sock=sock)
         self._spawn_thread = threading.Thread(target=self._spawner, name="parexec-spawner", daemon=True)
         self._spawn_thread.start()
         self._thread = threading.Thread(target=self._loop, name="parexec-scheduler", daemon=True)
@@ -659,6 +667,16 @@ class Executor:
         try:
             forked = self._zygote_call({"kind": "fork"})
         except BaseException as exc:  # noqa: BLE001 - reported through the queue
+            if self._zygote is not None and self._zygote.is_copy:
+                # The copy of the pytest process failed (it says why on stderr): carry
+                # on with a fresh-interpreter fork server, or a plain worker.
+                self._zygote.kill()
+                self._zygote = None
+                if self._zygote_ready():
+                    self._fork(worker_id)
+                else:
+                    self._connect(worker_id, "popen")
+                return
             self.events.put((_Event.START_FAILED, (worker_id, "popen", f"{type(exc).__name__}: {exc}")))
             return
 

@@ -225,7 +225,7 @@ class ParexecSession:
                 specs=self.settings.tx,
                 # Until collection starts, no module is half imported: the zygote can be
                 # this process's copy (see remote.fork_zygote).
-                fork_here=not self.collecting,
+                fork_here=not self.collecting and not _importing(),
             )
         return self.executor
 
@@ -985,6 +985,14 @@ class _Published(dict[str, "OperationResult"]):
             raise KeyError(name)
         self[name] = result
         return result
+
+
+def _importing() -> bool:
+    """Whether a module is being imported right now (a copy of this process would
+    hold it half done)."""
+    return any(
+        getattr(getattr(m, "__spec__", None), "_initializing", False) for m in list(sys.modules.values())
+    )
 
 
 def _call_in_process(task: Task, kwargs: dict[str, object]) -> tuple[object, object]:

@@ -418,8 +418,12 @@ def _restart_coverage_after_fork() -> None:
 def _child(serversock: Any, inherited: list[int]) -> None:
     """In a forked child: serve one execnet socket gateway, then exit."""
     try:
+        import signal
+
         os.setpgrp()
         _die_with_parent()
+        # An operation is interrupted with SIGINT (and the fork server ignores it).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in inherited:  # the zygote's pipes to pytest: not ours to hold open
             try:
                 os.close(fd)
@@ -437,15 +441,30 @@ def _child(serversock: Any, inherited: list[int]) -> None:
         os._exit(0)
 
 
-def _user_module(module: Any, rootdir: str, keep: tuple[str, ...]) -> bool:
-    """Whether ``module`` is the project's own code: under the rootdir, not installed."""
+def _installed_dirs() -> tuple[str, ...]:
+    """Directories of the Python installation and of installed packages."""
+    import site
+    import sysconfig
+
+    dirs = {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    dirs.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    dirs.add(site.getusersitepackages())
+    return tuple(os.path.join(os.path.abspath(d), "") for d in dirs if d)
+
+
+def _project_module(name: str, module: Any, rootdir: str, installed: tuple[str, ...]) -> bool:
+    """Whether ``module`` is the project's own code: a Python file under the rootdir
+    that is not part of an installation (a virtual environment inside the project)."""
+    if name == "__main__" or name.startswith("pytest_parexec"):
+        return False
     file = getattr(module, "__file__", None)
-    if not isinstance(file, str):
-        return False
+    if not isinstance(file, str) or not file.endswith((".py", ".pyc")):
+        return False  # extension modules cannot always be loaded twice
     path = os.path.abspath(file)
-    if not path.startswith(rootdir + os.sep) or path.startswith(keep):
+    if not path.startswith(rootdir) or path.startswith(installed):
         return False
-    return "site-packages" not in path and "dist-packages" not in path
+    inside = os.path.relpath(path, rootdir).split(os.sep)
+    return not {"site-packages", "dist-packages"} & set(inside)
 
 
 def fork_zygote(rootdir: str) -> tuple[int, socket.socket]:
@@ -453,27 +472,48 @@ def fork_zygote(rootdir: str) -> tuple[int, socket.socket]:
 
     The pytest process has imported pytest, its plugins and what the conftest.py
     files import: workers forked from this copy start without importing any of it
-    again. The project's own modules are dropped from the copy, so each worker
-    imports them afresh, as a worker started from scratch would. Returns the
-    server's pid and the socket to talk to it (:func:`fork_server_call`).
+    again. The project's own modules are dropped from the copy's ``sys.modules``,
+    so each worker imports them afresh, as a worker started from scratch would.
+    Returns the server's pid and the socket to send it requests on (JSON lines,
+    see :func:`_fork_request`). Raises OSError if the fork fails.
     """
+    import gc
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()  # else what is buffered would be written again by every copy
+        except Exception:  # noqa: BLE001 - a closed or odd stream: nothing to repeat
+            pass
     ours, theirs = socket.socketpair()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        raise
     if pid:
         theirs.close()
         return pid, ours
+    code = 0
     try:
-        ours.close()
-        os.setpgrp()  # a terminal's Ctrl-C is pytest's to handle
+        # Ctrl-C is pytest's to handle (it stops the workers), also before setpgrp.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        os.setpgrp()
         _die_with_parent()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
+        ours.close()
+        _stop_inherited_coverage()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1):  # stray output between operations reaches no terminal
+            os.dup2(null, fd)
         os.close(null)
-        keep = tuple(os.path.abspath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
-        root = os.path.abspath(rootdir)
-        for name, module in list(sys.modules.items()):
-            if not name.startswith("pytest_parexec") and _user_module(module, root, keep):
-                del sys.modules[name]
+        sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__
+        root = os.path.join(os.path.abspath(rootdir), "")
+        installed = _installed_dirs()
+        project = [name for name, m in list(sys.modules.items()) if _project_module(name, m, root, installed)]
+        # Held, not freed: a module's objects must not run their finalizers in this copy
+        # (a temporary directory made at import would be deleted under pytest's feet).
+        dropped = [sys.modules.pop(name) for name in project]
         for name in ("pytest_parexec.operations", "pytest_parexec.generators"):
             # Definitions in a worker are announced to nobody (the pytest session is not here).
             mod = sys.modules.get(name)
@@ -481,9 +521,28 @@ def fork_zygote(rootdir: str) -> tuple[int, socket.socket]:
                 listeners = getattr(mod, attr, None)
                 if isinstance(listeners, list):
                     listeners.clear()
+        gc.freeze()  # and keep the shared pages shared
         _serve_forks(theirs)
+        del dropped
+    except BaseException:  # noqa: BLE001 - said on stderr; pytest falls back to another fork server
+        traceback.print_exc()
+        code = 1
     finally:
-        os._exit(0)
+        os._exit(code)
+
+
+def _stop_inherited_coverage() -> None:
+    """A copy of a measured pytest process must not write the pytest process's data:
+    stop the measurement, so that each worker starts its own (``_start_coverage``)."""
+    if "coverage" not in sys.modules:
+        return
+    import coverage
+
+    for _ in range(8):  # every started instance, most recent first
+        cov = coverage.Coverage.current()
+        if cov is None:
+            return
+        cov.stop()
 
 
 def _serve_forks(conn: socket.socket) -> None:

@@ -1054,3 +1054,59 @@ def test_workers_are_copies_of_the_pytest_process_that_import_the_project_again(
     # Whether a worker is a copy of the pytest process shows in what it had loaded.
     values = json.loads((pytester.path / "out" / "values.json").read_text())
     assert values == {name: [ops[name]["pid"], copied] for name in ("first", "second")}
+
+
+COPY_SAFETY_CONFTEST = r"""
+import sys
+
+
+def pytest_configure(config):
+    # Buffered, not flushed, when pytest-parexec (trylast) forks its fork server.
+    sys.stdout.write("configured-once\n")
+    # A project module that only sys.modules holds (imported in a hook), which owns a
+    # temporary directory: dropping it in the copy must not delete the directory.
+    import owns_a_dir  # noqa: F401
+
+
+@batchable
+def first():
+    return os.getpid()
+
+
+@batchable
+def second():
+    return os.getpid()
+"""
+
+OWNS_A_DIR = """
+import tempfile
+from pathlib import Path
+
+HOLD = tempfile.TemporaryDirectory(prefix="parexec-held-")
+(Path(__file__).parent / "out" / "held-dir").write_text(HOLD.name)
+"""
+
+
+@pytest.mark.skipif(
+    not __import__("sys").platform.startswith("linux"), reason="the fork server is Linux-only"
+)
+def test_the_copy_of_the_pytest_process_repeats_no_output_and_frees_nothing(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # stdout to a pipe is buffered
+    make_suite(pytester, COPY_SAFETY_CONFTEST, owns_a_dir=OWNS_A_DIR)
+    pytester.makepyfile(
+        test_copy="""
+        import os
+        from pathlib import Path
+
+
+        def test_copy(first, second):
+            held = Path((Path(__file__).parent / "out" / "held-dir").read_text())
+            assert held.is_dir(), "the pytest process's temporary directory was deleted"
+            assert os.getpid() not in (first, second)
+        """
+    )
+    result = run(pytester, "--parexec=parallel", "--parexec-workers=2")
+    result.assert_outcomes(passed=1)
+    assert result.stdout.str().count("configured-once") == 1, result.stdout.str()

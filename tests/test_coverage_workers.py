@@ -154,3 +154,81 @@ def test_nothing_of_coverage_is_imported_without_coverage(pytester: pytest.Pytes
     assert (pytester.path / "imported-at-sessionfinish").read_text() == "False"
     assert (pytester.path / "imported-at-unconfigure").read_text() == "False"
     assert not list(pytester.path.rglob(".coverage*"))
+
+
+TWO_WORKERS_PACKAGE = '''
+def left():
+    """Run only by the operation on one worker."""
+    return "left"
+
+
+def right():
+    """Run only by the operation on another worker, at the same time."""
+    return "right"
+'''
+
+TWO_WORKERS_CONFTEST = """
+import os
+import time
+from pathlib import Path
+
+from pytest_parexec import batchable
+
+OUT = Path(__file__).parent / "out"
+OUT.mkdir(exist_ok=True)
+
+
+def rendezvous(me, other):
+    # Both operations are running at once, so on two different workers.
+    (OUT / me).touch()
+    deadline = time.monotonic() + 60
+    while not (OUT / other).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{other} did not start")
+        time.sleep(0.01)
+
+
+@batchable
+def left_op():
+    import mypkg
+
+    rendezvous("left", "right")
+    return mypkg.left(), os.getpid()
+
+
+@batchable
+def right_op():
+    import mypkg
+
+    rendezvous("right", "left")
+    return mypkg.right(), os.getpid()
+"""
+
+
+@pytest.mark.usefixtures("own_coverage_only")
+def test_every_worker_measures_into_its_own_data_file(pytester: pytest.Pytester) -> None:
+    """Each worker's lines count: none overwrites another's data (they are copies of
+    one pytest process, measured by pytest-cov's Coverage, which each must not reuse)."""
+    pytester.mkpydir("mypkg").joinpath("__init__.py").write_text(textwrap.dedent(TWO_WORKERS_PACKAGE))
+    pytester.makeconftest(TWO_WORKERS_CONFTEST)
+    pytester.makepyfile(
+        test_it="""
+        def test_it(left_op, right_op):
+            assert (left_op[0], right_op[0]) == ("left", "right")
+            assert left_op[1] != right_op[1]
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "parexec",
+        "--parexec=parallel",
+        "--parexec-workers=2",
+        "--cov=mypkg",
+        "--cov-report=term-missing",
+    )
+    result.assert_outcomes(passed=1)
+    row = re.search(r"^mypkg[/\\]__init__\.py\s+(\d+)\s+(\d+)\s+(\d+)%(.*)$", result.stdout.str(), re.M)
+    assert row is not None, result.stdout.str()
+    statements, missed, percent, missing = row.groups()
+    assert (int(statements), int(missed), int(percent), missing.strip()) == (4, 0, 100, "")
+    assert sorted(p.name for p in pytester.path.rglob(".coverage*")) == [".coverage"]
