@@ -1110,3 +1110,50 @@ def test_the_copy_of_the_pytest_process_repeats_no_output_and_frees_nothing(
     result = run(pytester, "--parexec=parallel", "--parexec-workers=2")
     result.assert_outcomes(passed=1)
     assert result.stdout.str().count("configured-once") == 1, result.stdout.str()
+
+
+FORK_SERVER_DIES_CONFTEST = r"""
+import signal
+
+
+@batchable
+def kills_its_fork_server():
+    marker = OUT / "killed-once"
+    if not marker.exists():
+        marker.write_text(str(os.getppid()))
+        os.kill(os.getppid(), signal.SIGKILL)  # this worker dies with it
+        time.sleep(60)
+    return os.getppid()
+
+
+@batchable
+def other():
+    return os.getpid()
+"""
+
+
+@pytest.mark.skipif(
+    not __import__("sys").platform.startswith("linux"), reason="the fork server is Linux-only"
+)
+def test_a_dead_fork_server_is_replaced(pytester: pytest.Pytester) -> None:
+    make_suite(
+        pytester,
+        FORK_SERVER_DIES_CONFTEST,
+        test_dies="""
+        def test_dies(kills_its_fork_server, other):
+            pass
+        """,
+    )
+    result = run(pytester, "--parexec=parallel", "--parexec-workers=2", "--parexec-report=report.json")
+    result.assert_outcomes(passed=1)
+    ops = by_name(read_report(pytester))
+    op = ops["kills_its_fork_server"]
+    assert (op["status"], op["attempts"]) == ("recovered", 2)
+    first, retry = op["attempt_history"]
+    assert "died while running operation 'kills_its_fork_server'" in first["error"]
+    # Workers die with their fork server: other, if it was still running, is retried too.
+    assert ops["other"]["status"] in ("passed", "recovered")
+    # The retry's worker came from another fork server than the one that was killed.
+    killed = int((pytester.path / "out" / "killed-once").read_text())
+    assert process_gone(killed)
+    assert retry["pid"] != first["pid"]
