@@ -415,6 +415,46 @@ def _restart_coverage_after_fork() -> None:
         coverage.Coverage.current().stop()  # type: ignore[union-attr]
 
 
+def peer_is_same_user(sock: socket.socket) -> bool:
+    """Whether the other end of a loopback TCP connection belongs to this process's user.
+
+    Linux lists every TCP socket with its owner in /proc/net/tcp: the peer's is the
+    entry whose local port is the peer's port and whose remote port is ours. If the
+    tables cannot be read, the connection is taken (there is nothing to check with).
+    """
+    peer_port = sock.getpeername()[1]
+    our_port = sock.getsockname()[1]
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as stream:
+                rows = stream.read().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for row in rows:
+            fields = row.split()
+            if len(fields) < 8:
+                continue
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if (local_port, remote_port) == (peer_port, our_port):
+                return int(fields[7]) == os.getuid()
+    return not readable
+
+
+def _accept_own(serversock: Any, timeout: float) -> Any:
+    """The first connection from a process of this user (another user's is closed):
+    what arrives on it is run as code."""
+    deadline = time.monotonic() + timeout
+    while True:
+        serversock.settimeout(max(0.0, deadline - time.monotonic()))
+        clientsock, _ = serversock.accept()
+        if peer_is_same_user(clientsock):
+            return clientsock
+        clientsock.close()
+
+
 def _child(serversock: Any, inherited: list[int]) -> None:
     """In a forked child: serve one execnet socket gateway, then exit."""
     try:
@@ -430,8 +470,7 @@ def _child(serversock: Any, inherited: list[int]) -> None:
             except OSError:
                 pass
         _restart_coverage_after_fork()
-        serversock.settimeout(60)
-        clientsock, _ = serversock.accept()
+        clientsock = _accept_own(serversock, 60)
         serversock.close()
         clientsock.settimeout(None)
         with clientsock.makefile("rb") as stream:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -343,3 +344,54 @@ def test_a_remote_worker_gets_paths_under_the_rootdir_relative_to_its_chdir(
     assert ops["where"]["status"] == "passed"
     assert (ops["where"]["spec"], ops["where"]["pid"]) == (spec, socket_server.pid)
     result.stdout.no_fnmatch_line("*worker error*")
+
+
+# -- who may connect to a forked worker ------------------------------------------------
+
+
+def accepted(connect: list[str] | None, user: int | None = None) -> tuple[bool, socket.socket]:
+    """Listen on loopback, let this process (or a command as ``user``) connect, and say
+    whether the worker-side check takes the connection."""
+    from pytest_parexec.remote import peer_is_same_user
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind((LOOPBACK, 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    client: Any = None
+    process = None
+    try:
+        if connect is None:
+            client = socket.create_connection((LOOPBACK, port))
+        else:
+            process = subprocess.Popen([*connect, str(port)], user=user)
+        server.settimeout(30)
+        conn, _ = server.accept()
+        with conn:
+            return peer_is_same_user(conn), server
+    finally:
+        if client is not None:
+            client.close()
+        if process is not None:
+            process.kill()
+            process.wait()
+        server.close()
+
+
+#: Connects to 127.0.0.1 at the port given last, then waits (bash, which any user can run).
+CONNECT_AND_WAIT = ["bash", "-c", 'exec 3<>"/dev/tcp/127.0.0.1/$0"; sleep 30']
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
+def test_a_forked_worker_takes_a_connection_from_its_own_user() -> None:
+    assert accepted(None)[0] is True
+    assert accepted(CONNECT_AND_WAIT)[0] is True
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.getuid() != 0, reason="needs root to connect as another user"
+)
+def test_a_forked_worker_refuses_a_connection_from_another_user() -> None:
+    # What a worker reads from its first connection is run as code: another local
+    # user must not get to run code as the one running pytest.
+    assert accepted(CONNECT_AND_WAIT, user=65534)[0] is False
