@@ -991,7 +991,8 @@ def _importing() -> bool:
     """Whether a module is being imported right now (a copy of this process would
     hold it half done)."""
     return any(
-        getattr(getattr(m, "__spec__", None), "_initializing", False) for m in list(sys.modules.values())
+        getattr(remote.module_attribute(m, "__spec__"), "_initializing", False)
+        for m in list(sys.modules.values())
     )
 
 

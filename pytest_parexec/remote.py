@@ -480,6 +480,16 @@ def _child(serversock: Any, inherited: list[int]) -> None:
         os._exit(0)
 
 
+def module_attribute(module: object, name: str) -> object:
+    """``module.name`` from the module's namespace, or None: never runs code (a lazily
+    loaded module would load on attribute access; sys.modules may hold other objects)."""
+    try:
+        namespace = object.__getattribute__(module, "__dict__")
+        return namespace.get(name) if isinstance(namespace, dict) else None
+    except Exception:  # noqa: BLE001 - no namespace: nothing to say about it
+        return None
+
+
 def _installed_dirs() -> tuple[str, ...]:
     """Directories of the Python installation and of installed packages."""
     import site
@@ -496,7 +506,7 @@ def _project_module(name: str, module: Any, rootdir: str, installed: tuple[str, 
     that is not part of an installation (a virtual environment inside the project)."""
     if name == "__main__" or name.startswith("pytest_parexec"):
         return False
-    file = getattr(module, "__file__", None)
+    file = module_attribute(module, "__file__")
     if not isinstance(file, str) or not file.endswith((".py", ".pyc")):
         return False  # extension modules cannot always be loaded twice
     path = os.path.abspath(file)

@@ -1157,3 +1157,49 @@ def test_a_dead_fork_server_is_replaced(pytester: pytest.Pytester) -> None:
     killed = int((pytester.path / "out" / "killed-once").read_text())
     assert process_gone(killed)
     assert retry["pid"] != first["pid"]
+
+
+LAZY_CONFTEST = r"""
+import importlib.util
+import sys
+
+# A module loaded lazily (importlib.util.LazyLoader): it runs when first used.
+spec = importlib.util.find_spec("lazy_thing")
+spec.loader = importlib.util.LazyLoader(spec.loader)
+lazy = importlib.util.module_from_spec(spec)
+sys.modules["lazy_thing"] = lazy
+spec.loader.exec_module(lazy)
+del spec, lazy  # pytest looks at every name of a conftest.py (that would load it)
+
+
+@batchable
+def first():
+    return os.getpid()
+
+
+@batchable
+def second():
+    return os.getpid()
+"""
+
+LAZY_THING = """
+from pathlib import Path
+
+(Path(__file__).parent / "out" / "lazy-thing-loaded").touch()
+"""
+
+
+def test_looking_at_loaded_modules_loads_no_lazy_module(pytester: pytest.Pytester) -> None:
+    """Whether a module is half imported (before forking the fork server) is read from
+    each module's namespace: asking a lazy module for an attribute would load it."""
+    make_suite(
+        pytester,
+        LAZY_CONFTEST,
+        lazy_thing=LAZY_THING,
+        test_lazy="""
+        def test_lazy(first, second):
+            pass
+        """,
+    )
+    run(pytester, "--parexec=parallel", "--parexec-workers=2").assert_outcomes(passed=1)
+    assert not (pytester.path / "out" / "lazy-thing-loaded").exists()
