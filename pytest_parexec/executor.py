@@ -345,7 +345,7 @@ class _ForkServer:
                 reply: dict[str, Any] = self._channel.receive(timeout=START_TIMEOUT_S)
                 return reply
             self._sock.settimeout(START_TIMEOUT_S)
-            self._sock.sendall(json.dumps(msg).encode() + b"\n")
+            self._send_line(msg)
             line = self._replies.readline()
             if not line:
                 raise EOFError("the fork server is gone")
@@ -358,7 +358,10 @@ class _ForkServer:
             if self._channel is not None:
                 self._channel.send({"kind": "stop"})
             else:
-                self._sock.sendall(json.dumps({"kind": "stop"}).encode() + b"\n")
+                self._send_line({"kind": "stop"})
+
+    def _send_line(self, msg: dict[str, Any]) -> None:
+        self._sock.sendall(json.dumps(msg).encode() + b"\n")
 
     def kill(self) -> None:
         if self._sock is not None:

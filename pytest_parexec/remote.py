@@ -563,13 +563,14 @@ def fork_zygote(rootdir: str) -> tuple[int, socket.socket]:
         # Held, not freed: a module's objects must not run their finalizers in this copy
         # (a temporary directory made at import would be deleted under pytest's feet).
         dropped = [sys.modules.pop(name) for name in project]
-        for name in ("pytest_parexec.operations", "pytest_parexec.generators"):
+        for name, attr in (
+            ("pytest_parexec.operations", "_definition_listeners"),
+            ("pytest_parexec.generators", "_generator_listeners"),
+        ):
             # Definitions in a worker are announced to nobody (the pytest session is not here).
-            mod = sys.modules.get(name)
-            for attr in ("_definition_listeners", "_generator_listeners"):
-                listeners = getattr(mod, attr, None)
-                if isinstance(listeners, list):
-                    listeners.clear()
+            listeners = getattr(sys.modules.get(name), attr, None)
+            if isinstance(listeners, list):
+                listeners.clear()
         gc.freeze()  # and keep the shared pages shared
         _serve_forks(theirs)
         del dropped

@@ -81,12 +81,9 @@ class _Optional(TypedDict, total=False):
     xdist: dict[str, Any]
 
 
-class Report(_Optional):
-    version: int
-    mode: str
-    mode_reason: str
-    workers: int
-    setup_s: float
+class _Totals(TypedDict):
+    """What a report sums up from its operations (see ``_totals``)."""
+
     wall_s: float
     sequential_s: float
     saved_s: float
@@ -95,6 +92,14 @@ class Report(_Optional):
     critical_path_s: float
     counts: dict[str, int]
     phases: list[PhaseReport]
+
+
+class Report(_Totals, _Optional):
+    version: int
+    mode: str
+    mode_reason: str
+    workers: int
+    setup_s: float
     operations: list[OperationReport]
     recommendations: list[str]
     #: Workers that could not start (unreachable --parexec-tx specs), one line each.
@@ -184,17 +189,6 @@ def compute_phases(run: PlanRun) -> list[PhaseReport]:
             if name in run.results
         ]
     )
-
-
-class _Totals(TypedDict):
-    wall_s: float
-    sequential_s: float
-    saved_s: float
-    efficiency: float
-    critical_path: list[str]
-    critical_path_s: float
-    counts: dict[str, int]
-    phases: list[PhaseReport]
 
 
 def _totals(operations: Sequence[OperationReport]) -> _Totals:

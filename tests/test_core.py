@@ -1056,17 +1056,8 @@ def test_workers_are_copies_of_the_pytest_process_that_import_the_project_again(
     assert values == {name: [ops[name]["pid"], copied] for name in ("first", "second")}
 
 
-COPY_SAFETY_CONFTEST = r"""
-import sys
-
-
-def pytest_configure(config):
-    # Buffered, not flushed, when pytest-parexec (trylast) forks its fork server.
-    sys.stdout.write("configured-once\n")
-    # A project module that only sys.modules holds (imported in a hook), which owns a
-    # temporary directory: dropping it in the copy must not delete the directory.
-    import owns_a_dir  # noqa: F401
-
+#: Two operations that can run at once, each returning the pid of its worker.
+TWO_OPERATIONS = """
 
 @batchable
 def first():
@@ -1077,6 +1068,23 @@ def first():
 def second():
     return os.getpid()
 """
+
+
+COPY_SAFETY_CONFTEST = (
+    r"""
+import sys
+
+
+def pytest_configure(config):
+    # Buffered, not flushed, when pytest-parexec (trylast) forks its fork server.
+    sys.stdout.write("configured-once\n")
+    # A project module that only sys.modules holds (imported in a hook), which owns a
+    # temporary directory: dropping it in the copy must not delete the directory.
+    import owns_a_dir  # noqa: F401
+"""
+    + TWO_OPERATIONS
+)
+
 
 OWNS_A_DIR = """
 import tempfile
@@ -1159,7 +1167,8 @@ def test_a_dead_fork_server_is_replaced(pytester: pytest.Pytester) -> None:
     assert retry["pid"] != first["pid"]
 
 
-LAZY_CONFTEST = r"""
+LAZY_CONFTEST = (
+    r"""
 import importlib.util
 import sys
 
@@ -1170,17 +1179,10 @@ lazy = importlib.util.module_from_spec(spec)
 sys.modules["lazy_thing"] = lazy
 spec.loader.exec_module(lazy)
 del spec, lazy  # pytest looks at every name of a conftest.py (that would load it)
-
-
-@batchable
-def first():
-    return os.getpid()
-
-
-@batchable
-def second():
-    return os.getpid()
 """
+    + TWO_OPERATIONS
+)
+
 
 LAZY_THING = """
 from pathlib import Path
